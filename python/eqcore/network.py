@@ -335,7 +335,8 @@ def atomic_savez(path: Union[str, os.PathLike], arrays: dict[str, np.ndarray]) -
 def read_npz(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz`` file, refusing pickled (object) arrays and damaged files."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # Open the file ourselves: np.load leaks its handle when the zip is damaged.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, EOFError, OSError) as err:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from err

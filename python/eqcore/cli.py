@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from collections.abc import Sequence
@@ -13,7 +14,11 @@ import numpy as np
 from .network import Network
 
 
-def _layers(text: str) -> list[int]:
+# Modules that define `add_parser(subparsers)` for their command (`eqcore check`, `eqcore train`).
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def parse_layers(text: str) -> list[int]:
     try:
         sizes = [int(n) for n in text.split("-")]
     except ValueError:
@@ -52,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eqcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="relax a random network on random inputs and print its energy")
-    demo.add_argument("--layers", type=_layers, default=[784, 500, 10], help="layer sizes, e.g. 784-500-10")
+    demo.add_argument("--layers", type=parse_layers, default=[784, 500, 10], help="layer sizes, e.g. 784-500-10")
     demo.add_argument("--activation", choices=["hardsigmoid", "sigmoid"], default="hardsigmoid")
     demo.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     demo.add_argument("--batch", type=int, default=256)
@@ -61,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=None)
     demo.set_defaults(run=_demo)
+    # Each further command lives beside the code it drives and registers itself here.
+    for module in _COMMAND_MODULES:
+        importlib.import_module(f"eqcore.{module}").add_parser(sub)
     return parser
 
 

@@ -7,6 +7,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "eqcore/algorithms.hpp"
+#include "eqcore/hessian.hpp"
 #include "eqcore/network.hpp"
 #include "eqcore/relax.hpp"
 
@@ -22,6 +24,9 @@ using eqcore::Index;
 namespace {
 
 struct DivergenceError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct NotPositiveDefiniteError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
@@ -180,6 +185,47 @@ int check_threads(int threads) {
   return threads;
 }
 
+Index check_steps(Index steps) {
+  if (steps < 0) throw py::value_error("steps: expected an integer >= 0, got " + std::to_string(steps));
+  return steps;
+}
+
+double check_dt(double dt) {
+  if (!(dt > 0) || !std::isfinite(dt)) throw py::value_error("dt: expected a finite number > 0, got " + std::to_string(dt));
+  return dt;
+}
+
+double check_tol(double tol) {
+  if (!(tol >= 0) || !std::isfinite(tol)) throw py::value_error("tol: expected a finite number >= 0, got " + std::to_string(tol));
+  return tol;
+}
+
+void throw_divergence(const eqcore::RelaxResult& res, Index steps, double dt, double beta) {
+  std::ostringstream msg;
+  msg << "relaxation diverged: the state became non-finite by step " << res.failed_step << " of " << steps
+      << " (dt=" << dt << ", beta=" << beta << "); try a smaller dt";
+  throw DivergenceError(msg.str());
+}
+
+// A list of `count` fresh arrays (steps + 1, B, n_k) for a recorded trajectory.
+template <class T, class M>
+py::list new_trajectory(const M& m, Index steps, Index B, eqcore::LayerPtrs<T>& ptrs) {
+  py::list out;
+  for (int k = 1; k <= m.layers(); ++k) {
+    py::array_t<T> a({steps + 1, B, m.size(k)});
+    ptrs.push_back(a.mutable_data());
+    out.append(a);
+  }
+  return out;
+}
+
+// The first `count` entries of each recorded trajectory array.
+py::list cut_trajectory(const py::list& full, Index count) {
+  py::list out;
+  for (auto item : full) out.append(item.attr("__getitem__")(py::slice(0, count, 1)));
+  return out;
+}
+
 double check_beta(double beta) {
   if (!std::isfinite(beta)) throw py::value_error("beta: expected a finite number, got " + std::to_string(beta));
   return beta;
@@ -207,9 +253,9 @@ py::object relax(const Sizes& sizes, const std::string& activation, const py::se
     Model<T> m(sizes, activation, weights, biases);
     auto xa = m.input(x);
     const Index B = m.batch(xa);
-    if (steps < 0) throw py::value_error("steps: expected an integer >= 0, got " + std::to_string(steps));
-    if (!(dt > 0) || !std::isfinite(dt)) throw py::value_error("dt: expected a finite number > 0, got " + std::to_string(dt));
-    if (!(tol >= 0) || !std::isfinite(tol)) throw py::value_error("tol: expected a finite number >= 0, got " + std::to_string(tol));
+    check_steps(steps);
+    check_dt(dt);
+    check_tol(tol);
     check_beta(beta);
     const T* y = nullptr;
     if (!target.is_none()) y = m.target(target, B);
@@ -225,16 +271,8 @@ py::object relax(const Sizes& sizes, const std::string& activation, const py::se
       for (int k = 1; k <= m.layers(); ++k) std::copy_n(s0[k - 1], B * m.size(k), s[k - 1]);
     }
     eqcore::LayerPtrs<T> traj;
-    py::object trajectory = py::none();
-    if (record) {
-      py::list tl;
-      for (int k = 1; k <= m.layers(); ++k) {
-        py::array_t<T> a({steps + 1, B, m.size(k)});
-        traj.push_back(a.mutable_data());
-        tl.append(a);
-      }
-      trajectory = tl;
-    }
+    py::list trajectory;
+    if (record) trajectory = new_trajectory<T>(m, steps, B, traj);
     eqcore::RelaxOptions<T> opt;
     opt.steps = steps;
     opt.dt = static_cast<T>(dt);
@@ -249,20 +287,8 @@ py::object relax(const Sizes& sizes, const std::string& activation, const py::se
       py::gil_scoped_release nogil;
       res = eqcore::relax(m.net, static_cast<const T*>(xa.data()), B, s, y, opt, traj);
     }
-    if (res.status == eqcore::Status::Diverged) {
-      std::ostringstream msg;
-      msg << "relaxation diverged: the state became non-finite by step " << res.failed_step << " of " << steps
-          << " (dt=" << dt << ", beta=" << beta << "); try a smaller dt";
-      throw DivergenceError(msg.str());
-    }
-    if (record) {
-      py::list tl = trajectory.cast<py::list>();
-      py::list cut;
-      for (auto item : tl)
-        cut.append(item.attr("__getitem__")(py::slice(0, res.steps + 1, 1)));
-      trajectory = cut;
-    }
-    return py::make_tuple(out, res.steps, trajectory);
+    if (res.status == eqcore::Status::Diverged) throw_divergence(res, steps, dt, beta);
+    return py::make_tuple(out, res.steps, record ? py::object(cut_trajectory(trajectory, res.steps + 1)) : py::none());
   });
 }
 
@@ -383,11 +409,103 @@ py::object mixed_hvp(const Sizes& sizes, const std::string& activation, const py
   });
 }
 
+py::object rbp(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+               const py::sequence& biases, py::handle x, py::handle state, py::handle target, Index steps, double dt,
+               double tol, bool record, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    auto s0 = m.layers_of(state, "state", B);
+    const T* y = m.target(target, B);
+    check_steps(steps);
+    check_dt(dt);
+    check_tol(tol);
+    check_threads(threads);
+    eqcore::LayerPtrs<T> sbar, sum, traj;
+    py::list sbar_out = m.new_layers(B, sbar), sum_out = m.new_layers(B, sum), trajectory;
+    if (record) trajectory = new_trajectory<T>(m, steps, B, traj);
+    eqcore::RbpResult res;
+    {
+      py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and the outputs
+      res = eqcore::rbp(m.net, static_cast<const T*>(xa.data()), B, s0, y, steps, static_cast<T>(dt),
+                        static_cast<T>(tol), sbar, sum, traj, threads);
+    }
+    return py::make_tuple(sbar_out, sum_out, res.steps,
+                          record ? py::object(cut_trajectory(trajectory, res.steps + 1)) : py::none());
+  });
+}
+
+py::object solve_hessian(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+                         const py::sequence& biases, py::handle x, py::handle state, py::handle rhs, double beta,
+                         double tol, Index max_iter, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    auto s = m.layers_of(state, "state", B);
+    auto b = m.layers_of(rhs, "rhs", B);
+    check_beta(beta);
+    if (!(tol > 0) || !std::isfinite(tol)) throw py::value_error("tol: expected a finite number > 0, got " + std::to_string(tol));
+    if (max_iter < 1) throw py::value_error("max_iter: expected an integer >= 1, got " + std::to_string(max_iter));
+    check_threads(threads);
+    eqcore::LayerPtrs<T> z;
+    py::list out = m.new_layers(B, z);
+    eqcore::SolveResult res;
+    {
+      py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
+      res = eqcore::solve_hessian(m.net, static_cast<const T*>(xa.data()), B, s, b, static_cast<T>(beta),
+                                  static_cast<T>(tol), max_iter, z, threads);
+    }
+    if (!res.positive_definite)
+      throw NotPositiveDefiniteError(
+          "the Hessian of the energy is not positive definite at this state (conjugate gradients met a direction "
+          "of non-positive curvature): the state is not a stable fixed point; relax it further first");
+    return py::make_tuple(out, res.iterations, res.residual);
+  });
+}
+
+py::object bptt(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+                const py::sequence& biases, py::handle x, py::handle state, py::handle target, Index steps, double dt,
+                bool clip, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    const T* y = m.target(target, B);
+    check_steps(steps);
+    check_dt(dt);
+    check_threads(threads);
+    std::vector<eqcore::Matrix<T>> zeros;
+    eqcore::ConstLayerPtrs<T> s;
+    if (state.is_none()) {
+      for (int k = 1; k <= m.layers(); ++k) zeros.push_back(eqcore::Matrix<T>::Zero(B, m.size(k)));
+      for (auto& z : zeros) s.push_back(z.data());
+    } else {
+      s = m.layers_of(state, "state", B);
+    }
+    eqcore::LayerPtrs<T> gW, gb;
+    py::tuple out = m.new_params(gW, gb);
+    eqcore::RelaxResult res;
+    {
+      py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m, zeros and out
+      res = eqcore::bptt(m.net, static_cast<const T*>(xa.data()), B, s, y, steps, static_cast<T>(dt), clip, gW, gb,
+                         threads);
+    }
+    if (res.status == eqcore::Status::Diverged) throw_divergence(res, steps, dt, 0.0);
+    return out;
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "eqcore native kernel (Eigen). Use the eqcore Python package rather than this module.";
   py::register_exception<DivergenceError>(m, "DivergenceError", PyExc_ArithmeticError);
+  py::register_exception<NotPositiveDefiniteError>(m, "NotPositiveDefiniteError", PyExc_ArithmeticError);
 
   m.def("relax", &relax, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
         py::arg("x"), py::arg("state"), py::arg("target"), py::arg("beta"), py::arg("steps"), py::arg("dt"),
@@ -409,4 +527,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("mixed_hvp", &mixed_hvp, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
         py::arg("x"), py::arg("state"), py::arg("v"), py::arg("threads"),
         "(d2E/dtheta ds) v averaged over the batch, as (weight list, bias list).");
+  m.def("rbp", &rbp, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"), py::arg("x"),
+        py::arg("state"), py::arg("target"), py::arg("steps"), py::arg("dt"), py::arg("tol"), py::arg("record"),
+        py::arg("threads"),
+        "Recurrent Backpropagation at s0: returns (Sbar_T list, sum_{t<T} Sbar_t list, steps taken, trajectory or None).");
+  m.def("solve_hessian", &solve_hessian, py::arg("sizes"), py::arg("activation"), py::arg("weights"),
+        py::arg("biases"), py::arg("x"), py::arg("state"), py::arg("rhs"), py::arg("beta"), py::arg("tol"),
+        py::arg("max_iter"), py::arg("threads"),
+        "Per-example conjugate gradients on H: returns (solution list, iterations, relative residual).");
+  m.def("bptt", &bptt, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"), py::arg("x"),
+        py::arg("state"), py::arg("target"), py::arg("steps"), py::arg("dt"), py::arg("clip"), py::arg("threads"),
+        "Gradient of the mean cost after `steps` free-phase Euler steps, by backpropagation through time.");
 }

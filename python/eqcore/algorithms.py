@@ -24,8 +24,7 @@ EPVariant = Literal["one-sided", "random-sign", "symmetric"]
 EP_VARIANTS: tuple[str, ...] = ("one-sided", "random-sign", "symmetric")
 
 
-class NotPositiveDefiniteError(ArithmeticError):
-    """The Hessian of the energy is not positive definite at the given state."""
+NotPositiveDefiniteError = _core.NotPositiveDefiniteError  # H not positive definite at the state
 
 
 @dataclass(frozen=True)
@@ -85,3 +84,168 @@ def ep_gradient(
             raise ValueError("rng: a numpy Generator is required for variant='random-sign'")
         beta = beta if rng.random() < 0.5 else -beta
     return _difference(net.energy_grad_params(x, nudged(beta)), net.energy_grad_params(x, free_state), 1.0 / beta)
+
+
+def _scaled(params: Params, scale: float) -> Params:
+    return tuple([scale * p for p in group] for group in params)  # type: ignore[return-value]
+
+
+def _output_error(net: Network, free_state: StateLike, target: np.ndarray) -> list[np.ndarray]:
+    """dC/ds at the free state: s_L - y on the output layer, zero elsewhere."""
+    layers = [np.zeros_like(np.asarray(a, dtype=net.dtype)) for a in free_state]
+    layers[-1] = np.asarray(free_state[-1], dtype=net.dtype) - np.asarray(target, dtype=net.dtype)
+    return layers
+
+
+@dataclass(frozen=True)
+class RBPResult:
+    """Recurrent Backpropagation after ``steps`` steps.
+
+    ``sbar``: Sbar_T per layer (B, n_k); ``gradient``: Thetabar_T (the RBP estimate of dJ/dtheta);
+    ``trajectory``: with ``record=True``, per layer (steps + 1, B, n_k) holding Sbar_0..Sbar_T.
+    """
+
+    sbar: list[np.ndarray]
+    gradient: Params
+    steps: int
+    trajectory: Optional[list[np.ndarray]]
+
+
+def rbp(
+    net: Network,
+    x: np.ndarray,
+    target: np.ndarray,
+    free_state: StateLike,
+    *,
+    steps: int,
+    dt: float = 0.5,
+    tol: Optional[float] = None,
+    record: bool = False,
+) -> RBPResult:
+    """Recurrent Backpropagation (Eq. 8-11 of the paper) at the free fixed point ``s0``.
+
+    ``Sbar_0 = dC/ds(s0)``, ``Thetabar_0 = dC/dtheta = 0``; then ``Sbar <- Sbar - dt H(s0) Sbar``,
+    ``Thetabar <- Thetabar - dt (d2E/dtheta ds)(s0) Sbar``, for ``steps`` steps (truncated RBP),
+    or until ``max |Sbar| < tol``. ``H`` is applied by Hessian-vector products in the kernel.
+    """
+    x = net._x(x)
+    s0 = net._layers(free_state, "state")
+    sbar, total, taken, trajectory = _core.rbp(
+        *net._net(), x, s0, net._target(target), _steps(steps), float(dt), 0.0 if tol is None else float(tol),
+        bool(record), net.threads,
+    )
+    # Thetabar_T = -dt * mixed(s0, sum_{t<T} Sbar_t): the mixed product is linear in its direction.
+    gradient = _scaled(net.mixed_hvp(x, s0, total), -float(dt))
+    return RBPResult(sbar, gradient, taken, trajectory)
+
+
+def rbp_gradient(
+    net: Network, x: np.ndarray, target: np.ndarray, free_state: StateLike, *, steps: int, dt: float = 0.5
+) -> Params:
+    """Truncated RBP's estimate of ``dJ/dtheta`` after ``steps`` steps (see :func:`rbp`)."""
+    return rbp(net, x, target, free_state, steps=steps, dt=dt).gradient
+
+
+def solve_hessian(
+    net: Network,
+    x: np.ndarray,
+    state: StateLike,
+    rhs: StateLike,
+    *,
+    beta: float = 0.0,
+    tol: float = 1e-10,
+    max_iter: int = 1000,
+) -> tuple[list[np.ndarray], SolveInfo]:
+    """``H^{-1} rhs`` per example by conjugate gradients on Hessian-vector products.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        When ``H`` is not positive definite at ``state`` (not a stable fixed point).
+    """
+    z, iterations, residual = _core.solve_hessian(
+        *net._net(), net._x(x), net._layers(state, "state"), net._layers(rhs, "rhs"), float(beta), float(tol),
+        _steps(max_iter, "max_iter"), net.threads,
+    )
+    return z, SolveInfo(int(iterations), float(residual))
+
+
+def implicit_gradient(
+    net: Network,
+    x: np.ndarray,
+    target: np.ndarray,
+    free_state: StateLike,
+    *,
+    tol: float = 1e-10,
+    max_iter: int = 1000,
+) -> Params:
+    """The exact gradient by implicit differentiation: ``-(d2E/dtheta ds) H^{-1} dC/ds`` at ``s0``."""
+    z, _ = solve_hessian(net, x, free_state, _output_error(net, free_state, target), tol=tol, max_iter=max_iter)
+    return _scaled(net.mixed_hvp(x, free_state, z), -1.0)
+
+
+def bptt_gradient(
+    net: Network,
+    x: np.ndarray,
+    target: np.ndarray,
+    *,
+    steps: int,
+    dt: float = 0.5,
+    clip: Optional[bool] = None,
+    state: Optional[StateLike] = None,
+) -> Params:
+    """Backpropagation through the free phase: the exact gradient of the mean cost after
+    ``steps`` Euler steps from ``state`` (zeros by default)."""
+    if clip is None:
+        clip = net.activation == "hardsigmoid"
+    s = None if state is None else net._layers(state, "state")
+    return tuple(
+        _core.bptt(*net._net(), net._x(x), s, net._target(target), _steps(steps), float(dt), bool(clip), net.threads)
+    )
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """A free fixed point: ``state`` with ``gradient_norm = max |dE/ds|`` after Euler and Newton steps."""
+
+    state: list[np.ndarray]
+    gradient_norm: float
+    euler_steps: int
+    newton_steps: int
+
+
+def fixed_point(
+    net: Network,
+    x: np.ndarray,
+    *,
+    state: Optional[StateLike] = None,
+    tol: float = 1e-12,
+    dt: float = 0.5,
+    max_euler_steps: int = 100_000,
+    max_newton_steps: int = 20,
+) -> FixedPoint:
+    """Free fixed point with ``max |dE/ds| <= tol``: Euler relaxation (unclipped) to a loose
+    tolerance, then Newton steps ``s <- s - H^{-1} dE/ds`` (CG on Hessian-vector products).
+
+    Needs a twice-differentiable energy near the fixed point: the sigmoid, or the hard sigmoid
+    with every unit strictly inside (0, 1). Float64 is needed for ``tol`` below ~1e-6.
+    """
+    x = net._x(x)
+    relaxed = net.relax(x, state=state, steps=max_euler_steps, dt=dt, clip=False, tol=min(1e-6, 1e3 * tol))
+    s = list(relaxed)
+    newton = 0
+    while True:
+        g = net.energy_grad_state(x, s)
+        norm = max(float(np.abs(a).max()) for a in g)
+        if norm <= tol or newton >= max_newton_steps:
+            break
+        delta, _ = solve_hessian(net, x, s, g, tol=1e-3 * tol / max(norm, tol), max_iter=10_000)
+        s = [a - d for a, d in zip(s, delta)]
+        newton += 1
+    return FixedPoint(s, norm, relaxed.steps, newton)
+
+
+def _steps(value: object, name: str = "steps") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    return int(value)

@@ -126,39 +126,6 @@ void energy_grad_state(const Net<T>& net, const T* x, Index B, const ConstLayerP
   });
 }
 
-// Hessian-vector product (d2E^beta/ds2) v per example. v and out: layers like the state.
-template <class T>
-void hvp(const Net<T>& net, const T* x, Index B, const ConstLayerPtrs<T>& s, const ConstLayerPtrs<T>& v, T beta,
-         const LayerPtrs<T>& out, int threads) {
-  with_activation(net.activation, [&](auto act) {
-    using Act = decltype(act);
-    const int L = net.layers();
-    parallel_for(B, threads, [&](Range r) {
-      std::vector<Matrix<T>> R, D, D2;
-      detail::activations<Act>(net, s, r, R, &D, Act::has_second_derivative ? &D2 : nullptr);
-      // P_k = rho'(s_k) * v_k: the direction seen through the activation.
-      std::vector<Matrix<T>> P(static_cast<std::size_t>(L + 1));
-      for (int k = 1; k <= L; ++k) P[k] = D[k].array() * detail::rows_of(v[k - 1], net.size(k), r).array();
-      const auto X = detail::rows_of(x, net.size(0), r);
-      Matrix<T> U, Q;
-      for (int k = 1; k <= L; ++k) {
-        const auto V = detail::rows_of(v[k - 1], net.size(k), r).array();
-        auto O = detail::rows_of(out[k - 1], net.size(k), r).array();
-        // Q = P_{k-1} W_{k-1} + P_{k+1} W_k^T, with P_0 = 0 (the input is clamped).
-        Q.setZero(r.size(), net.size(k));
-        if (k > 1) Q.noalias() += P[k - 1] * net.weight(k - 1);
-        if (k < L) Q.noalias() += P[k + 1] * net.weight(k).transpose();
-        O = V - D[k].array() * Q.array();
-        if constexpr (Act::has_second_derivative) {
-          detail::drive(net, k, X, R, U);
-          O -= D2[k].array() * U.array() * V;
-        }
-        if (k == L && beta != T(0)) O += beta * V;
-      }
-    });
-  });
-}
-
 namespace detail {
 
 // Parameter-shaped products averaged over the batch:

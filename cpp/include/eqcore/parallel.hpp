@@ -7,6 +7,9 @@
 #include "eqcore/types.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -48,6 +51,28 @@ inline void team_barrier() {
 #pragma omp barrier
 #endif
 }
+
+// The largest of the values the threads of a team post at one step, seen identically by all
+// of them (so they all take the same stop decision). Slots are double-buffered by step
+// parity, so one barrier per step suffices: a slot is rewritten two steps later, after every
+// thread has passed the next barrier. NaN is posted as +inf.
+template <class T>
+class TeamMax {
+ public:
+  explicit TeamMax(int threads) : slots_(2 * static_cast<std::size_t>(threads), T(0)) {}
+
+  T reduce(Index step, int t, int nt, T value) {
+    T* slots = slots_.data() + (step & 1) * nt;
+    slots[t] = std::isnan(value) ? std::numeric_limits<T>::infinity() : value;
+    team_barrier();
+    T largest = T(0);
+    for (int j = 0; j < nt; ++j) largest = std::max(largest, slots[j]);
+    return largest;
+  }
+
+ private:
+  std::vector<T> slots_;
+};
 
 // Runs body(range) over nt parts of [0, n).
 template <class Body>

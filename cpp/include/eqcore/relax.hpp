@@ -85,9 +85,7 @@ RelaxResult relax(const Net<T>& net, const T* x, Index B, const LayerPtrs<T>& st
   const bool nudged = opt.beta != T(0) && target != nullptr;
   const bool use_tol = opt.tol > T(0);
   const T inf = std::numeric_limits<T>::infinity();
-  // Per-thread largest |ds| of the current step, double-buffered by step parity so that one
-  // barrier per step suffices (a slot is rewritten two steps later, after the next barrier).
-  std::vector<T> largest(2 * static_cast<std::size_t>(requested), T(0));
+  TeamMax<T> largest(requested);
   std::vector<Index> failed(static_cast<std::size_t>(requested), -1);
   std::vector<Index> taken(static_cast<std::size_t>(requested), 0);
 
@@ -152,11 +150,7 @@ RelaxResult relax(const Net<T>& net, const T* x, Index B, const LayerPtrs<T>& st
         if (bad) failed[t] = step;
         record(step);
         if (use_tol) {
-          T* slots = largest.data() + (step & 1) * nt;
-          slots[t] = bad ? inf : step_largest;
-          team_barrier();
-          T global = T(0);
-          for (int j = 0; j < nt; ++j) global = std::max(global, slots[j]);
+          const T global = largest.reduce(step, t, nt, bad ? inf : step_largest);
           if (global == inf || global < opt.tol) break;  // same decision in every thread
         } else if (bad) {
           break;

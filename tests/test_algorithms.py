@@ -192,3 +192,41 @@ def test_check_command_prints_table_and_writes_figure(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "|Sbar-Stilde|/|Sbar|" in out and "figure written" in out
     assert figure.stat().st_size > 10_000 and figure.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("activation", ["hardsigmoid", "sigmoid"])
+@pytest.mark.parametrize("variant", ["one-sided", "symmetric"])
+def test_fused_ep_train_step_equals_relax_gradient_update(activation, variant, rng):
+    """The single-call training step = free relax + ep_gradient + SGD update, to rounding."""
+    fused = random_net([30, 20, 15, 10], activation, seed=2)
+    fused.threads = 2
+    ref = random_net([30, 20, 15, 10], activation, seed=2)
+    x, y = rng.random((37, 30)), np.eye(10)[rng.integers(0, 10, 37)]
+    state = [rng.random((37, n)) for n in fused.sizes[1:]]
+    start = [a.copy() for a in state]
+    lrs = [0.1, 0.05, 0.02]
+    algorithms.ep_train_step(fused, x, y, state, free_steps=20, nudged_steps=4, beta=0.5, learning_rates=lrs,
+                             variant=variant)
+    s0 = ref.relax(x, state=start, steps=20)
+    gW, gb = algorithms.ep_gradient(ref, x, y, s0, beta=0.5, steps=4, variant=variant)
+    for p, g, lr in zip(ref.weights + ref.biases, gW + gb, lrs + lrs):
+        p -= lr * g
+    for a, b in zip(fused.weights + fused.biases + state, ref.weights + ref.biases + list(s0)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_fused_ep_train_step_refuses_bad_state_and_keeps_parameters_on_divergence(rng):
+    net = random_net([6, 5, 4], "sigmoid")
+    x, y = rng.random((3, 6)), rng.random((3, 4))
+    frozen = net.zeros(3)
+    frozen[0].flags.writeable = False
+    with pytest.raises(ValueError, match=r"state\[0\]: expected a writable array"):
+        algorithms.ep_train_step(net, x, y, frozen, free_steps=2, nudged_steps=2, beta=0.5, learning_rates=[0.1, 0.1])
+    with pytest.raises(ValueError, match="learning_rates: expected 2 values"):
+        algorithms.ep_train_step(net, x, y, net.zeros(3), free_steps=2, nudged_steps=2, beta=0.5, learning_rates=[0.1])
+    before = [p.copy() for p in net.weights + net.biases]
+    with pytest.raises(eqcore.DivergenceError):
+        algorithms.ep_train_step(net, x, y, net.zeros(3), free_steps=3000, nudged_steps=2, beta=0.5, dt=3.0,
+                                 learning_rates=[0.1, 0.1])
+    for a, b in zip(net.weights + net.biases, before):
+        np.testing.assert_array_equal(a, b)

@@ -76,10 +76,11 @@ def test_tol_stops_early_and_reports_steps(rng):
     last = max(np.abs(t[-1] - t[-2]).max() for t in out.trajectory)
     before = max(np.abs(t[-2] - t[-3]).max() for t in out.trajectory)
     assert last < tol <= before
-    # Continuing without tol from zeros for exactly that many steps gives the same state.
+    # Relaxing without tol for exactly that many steps gives the same state (up to the GEMM
+    # blocking, which differs between the lockstep and the tiled paths: a few ulps).
     again = net.relax(x, steps=out.steps, dt=0.5)
     for a, b in zip(out, again):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
 
 
 def test_trajectory_shape_and_ends(rng):

@@ -11,6 +11,7 @@
 #include "eqcore/hessian.hpp"
 #include "eqcore/network.hpp"
 #include "eqcore/relax.hpp"
+#include "eqcore/training.hpp"
 
 #include <cmath>
 #include <sstream>
@@ -93,6 +94,7 @@ eqcore::Activation parse_activation(const std::string& name) {
 template <class T>
 struct Model {
   eqcore::Net<T> net;
+  eqcore::LayerPtrs<T> mutable_weights, mutable_biases;  // the same parameters, writable (checked)
   std::vector<py::array> keep;
 
   Model(const std::vector<Index>& sizes, const std::string& activation, const py::sequence& weights,
@@ -112,6 +114,8 @@ struct Model {
       auto b = checked_array<T>(biases[k], "biases[" + std::to_string(k) + "]", {sizes[k + 1]}, true);
       net.weights.push_back(static_cast<const T*>(w.data()));
       net.biases.push_back(static_cast<const T*>(b.data()));
+      mutable_weights.push_back(static_cast<T*>(w.mutable_data()));
+      mutable_biases.push_back(static_cast<T*>(b.mutable_data()));
       keep.push_back(w);
       keep.push_back(b);
     }
@@ -131,8 +135,15 @@ struct Model {
     return x;
   }
 
+  // A list of per-layer arrays (B, n_k), k = 1..L, that the kernel updates in place.
+  eqcore::LayerPtrs<T> writable_layers_of(py::handle obj, const std::string& name, Index B) {
+    eqcore::LayerPtrs<T> out;
+    for (const T* p : layers_of(obj, name, B, true)) out.push_back(const_cast<T*>(p));  // checked writable
+    return out;
+  }
+
   // A list of per-layer arrays (B, n_k), k = 1..L.
-  eqcore::ConstLayerPtrs<T> layers_of(py::handle obj, const std::string& name, Index B) {
+  eqcore::ConstLayerPtrs<T> layers_of(py::handle obj, const std::string& name, Index B, bool writable = false) {
     if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::array>(obj))
       throw py::type_error(name + ": expected a list of " + std::to_string(layers()) + " arrays (one per layer 1..L)");
     auto seq = py::reinterpret_borrow<py::sequence>(obj);
@@ -141,7 +152,8 @@ struct Model {
                             std::to_string(py::len(seq)));
     eqcore::ConstLayerPtrs<T> out;
     for (int k = 1; k <= layers(); ++k) {
-      auto a = checked_array<T>(seq[static_cast<std::size_t>(k - 1)], name + "[" + std::to_string(k - 1) + "]", {B, size(k)});
+      auto a = checked_array<T>(seq[static_cast<std::size_t>(k - 1)], name + "[" + std::to_string(k - 1) + "]", {B, size(k)},
+                                writable);
       require_finite<T>(a, name + "[" + std::to_string(k - 1) + "]");
       out.push_back(static_cast<const T*>(a.data()));
       keep.push_back(a);
@@ -500,6 +512,48 @@ py::object bptt(const Sizes& sizes, const std::string& activation, const py::seq
   });
 }
 
+py::object ep_step(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
+                   const py::sequence& biases, py::handle x, py::handle state, py::handle target, Index free_steps,
+                   Index nudged_steps, double dt, double beta, bool clip, bool symmetric,
+                   const std::vector<double>& learning_rates, int threads) {
+  return dispatch(weights, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    Model<T> m(sizes, activation, weights, biases);
+    auto xa = m.input(x);
+    const Index B = m.batch(xa);
+    auto s = m.writable_layers_of(state, "state", B);
+    const T* y = m.target(target, B);
+    check_steps(free_steps);
+    check_steps(nudged_steps);
+    check_dt(dt);
+    check_beta(beta);
+    if (beta == 0) throw py::value_error("beta: expected a non-zero number, got 0");
+    if (learning_rates.size() != static_cast<std::size_t>(m.layers()))
+      throw py::value_error("learning_rates: expected " + std::to_string(m.layers()) + " values (one per weight matrix), got " +
+                            std::to_string(learning_rates.size()));
+    for (double lr : learning_rates)
+      if (!std::isfinite(lr)) throw py::value_error("learning_rates: expected finite numbers");
+    eqcore::EpStepOptions<T> opt;
+    opt.free_steps = free_steps;
+    opt.nudged_steps = nudged_steps;
+    opt.dt = static_cast<T>(dt);
+    opt.beta = static_cast<T>(beta);
+    opt.clip = clip;
+    opt.symmetric = symmetric;
+    opt.learning_rates.assign(learning_rates.begin(), learning_rates.end());
+    opt.threads = check_threads(threads);
+    eqcore::RelaxResult res;
+    {
+      // Safe without the GIL: numpy buffers only, kept alive by m. The parameters are written
+      // in place, as the caller asked.
+      py::gil_scoped_release nogil;
+      res = eqcore::ep_step(m.net, m.mutable_weights, m.mutable_biases, static_cast<const T*>(xa.data()), B, s, y, opt);
+    }
+    if (res.status == eqcore::Status::Diverged) throw_divergence(res, free_steps + nudged_steps, dt, beta);
+    return py::none();
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -538,4 +592,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("bptt", &bptt, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"), py::arg("x"),
         py::arg("state"), py::arg("target"), py::arg("steps"), py::arg("dt"), py::arg("clip"), py::arg("threads"),
         "Gradient of the mean cost after `steps` free-phase Euler steps, by backpropagation through time.");
+  m.def("ep_step", &ep_step, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
+        py::arg("x"), py::arg("state"), py::arg("target"), py::arg("free_steps"), py::arg("nudged_steps"), py::arg("dt"),
+        py::arg("beta"), py::arg("clip"), py::arg("symmetric"), py::arg("learning_rates"), py::arg("threads"),
+        "One fused EP training step: free phase (state updated in place), nudged phase(s), parameter update in place.");
 }

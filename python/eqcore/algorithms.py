@@ -13,6 +13,7 @@ Every function returns a pair ``(list like net.weights, list like net.biases)`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal, Optional
 
 import numpy as np
@@ -84,6 +85,49 @@ def ep_gradient(
             raise ValueError("rng: a numpy Generator is required for variant='random-sign'")
         beta = beta if rng.random() < 0.5 else -beta
     return _difference(net.energy_grad_params(x, nudged(beta)), net.energy_grad_params(x, free_state), 1.0 / beta)
+
+
+def ep_train_step(
+    net: Network,
+    x: np.ndarray,
+    target: np.ndarray,
+    state: list[np.ndarray],
+    *,
+    free_steps: int,
+    nudged_steps: int,
+    beta: float,
+    learning_rates: Sequence[float],
+    dt: float = 0.5,
+    clip: Optional[bool] = None,
+    variant: EPVariant = "one-sided",
+    rng: Optional[np.random.Generator] = None,
+) -> float:
+    """One EP training step in a single kernel call; returns the beta used (its sign may be random).
+
+    The free phase runs ``free_steps`` from ``state``, which is overwritten with its end point s0
+    (persistent particles); the nudged phase(s) run ``nudged_steps`` from s0; then, in place,
+    ``theta -= learning_rates[k] * g`` with ``g`` :func:`ep_gradient`'s estimate (``learning_rates[k]``
+    applies to ``W_k`` and ``b_{k+1}``). Equivalent to ``relax`` + :func:`ep_gradient` + update,
+    but the input drive is computed once and no gradient array is materialised.
+
+    Parameters
+    ----------
+    state : list of (B, n_k) arrays of the network's dtype, C-contiguous and writable
+    """
+    if variant not in EP_VARIANTS:
+        raise ValueError(f"variant: expected one of {EP_VARIANTS}, got {variant!r}")
+    if variant == "random-sign":
+        if rng is None:
+            raise ValueError("rng: a numpy Generator is required for variant='random-sign'")
+        beta = beta if rng.random() < 0.5 else -beta
+    if clip is None:
+        clip = net.activation == "hardsigmoid"
+    _core.ep_step(
+        *net._net(), net._x(x), state, net._target(target), _steps(free_steps, "free_steps"),
+        _steps(nudged_steps, "nudged_steps"), float(dt), float(beta), bool(clip), variant == "symmetric",
+        [float(v) for v in learning_rates], net.threads,
+    )
+    return float(beta)
 
 
 def _scaled(params: Params, scale: float) -> Params:

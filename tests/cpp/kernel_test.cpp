@@ -1,7 +1,9 @@
 // Standalone checks of the kernel (no Python): dE/ds against central differences of E, and a
 // relaxation with a tolerance that converges to a point where dE/ds vanishes.
+#include "eqcore/algorithms.hpp"
 #include "eqcore/network.hpp"
 #include "eqcore/relax.hpp"
+#include "eqcore/training.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -112,6 +114,42 @@ void check_relaxation(eqcore::Activation act) {
   expect(res.steps > 0 && res.steps < opt.steps, "relaxation stops on tol");
 }
 
+// Every algorithm compiles warning-free for this scalar type and returns finite numbers.
+template <class T>
+void check_algorithms(eqcore::Activation act) {
+  Fixture<T> f(act);
+  const eqcore::Index L = static_cast<eqcore::Index>(f.s.size());
+  eqcore::Matrix<T> y = eqcore::Matrix<T>::Constant(f.B, f.sizes.back(), T(0.5));
+  std::vector<eqcore::Matrix<T>> a, b, gW, gb;
+  eqcore::LayerPtrs<T> pa, pb, pW, pbias;
+  for (auto& m : f.s) {
+    a.emplace_back(m.rows(), m.cols());
+    b.emplace_back(m.rows(), m.cols());
+  }
+  for (eqcore::Index k = 0; k < L; ++k) {
+    gW.emplace_back(f.sizes[k], f.sizes[k + 1]);
+    gb.emplace_back(1, f.sizes[k + 1]);
+  }
+  for (auto& m : a) pa.push_back(m.data());
+  for (auto& m : b) pb.push_back(m.data());
+  for (auto& m : gW) pW.push_back(m.data());
+  for (auto& m : gb) pbias.push_back(m.data());
+  eqcore::rbp(f.net, f.x.data(), f.B, f.cstate(), y.data(), 10, T(0.5), T(0), pa, pb, {}, 2);
+  eqcore::ConstLayerPtrs<T> rhs(pa.begin(), pa.end());
+  const auto solved = eqcore::solve_hessian(f.net, f.x.data(), f.B, f.cstate(), rhs, T(0), T(1e-5), 100, pb, 2);
+  expect(solved.positive_definite, "H is positive definite at a point inside (0, 1) with small weights");
+  const auto bp = eqcore::bptt(f.net, f.x.data(), f.B, f.cstate(), y.data(), 5, T(0.5), true, pW, pbias, 2);
+  expect(bp.status == eqcore::Status::Ok && gW[0].allFinite(), "bptt gives a finite gradient");
+  eqcore::EpStepOptions<T> opt;
+  opt.learning_rates.assign(static_cast<std::size_t>(L), T(0.1));
+  opt.threads = 2;
+  eqcore::LayerPtrs<T> weights, biases;
+  for (auto& m : f.W) weights.push_back(m.data());
+  for (auto& m : f.b) biases.push_back(m.data());
+  const auto ep = eqcore::ep_step(f.net, weights, biases, f.x.data(), f.B, f.state(), y.data(), opt);
+  expect(ep.status == eqcore::Status::Ok && f.W[0].allFinite(), "an EP step keeps the weights finite");
+}
+
 }  // namespace
 
 int main() {
@@ -119,6 +157,8 @@ int main() {
     check_gradient<double>(act);
     check_relaxation<double>(act);
     check_relaxation<float>(act);
+    check_algorithms<double>(act);
+    check_algorithms<float>(act);
   }
   std::printf("kernel_test: %d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;

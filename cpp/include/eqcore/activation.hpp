@@ -7,6 +7,9 @@
 
 #include "eqcore/types.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 namespace eqcore {
 
 // Each activation gives rho as an Eigen array expression (vectorised, incl. Eigen's logistic),

@@ -233,7 +233,7 @@ RelaxResult bptt(const Net<T>& net, const T* x, Index B, const ConstLayerPtrs<T>
           G.noalias() += scale * Rall[k].middleCols(rows.begin, rows.size()).transpose() * Pall[k + 1];
         }
       },
-      [&](int k, Range cols, auto g) { g = scale * Pall[k].middleCols(cols.begin, cols.size()).colwise().sum(); });
+      [&](int k, Range cols, auto g) { detail::column_sums(Pall[k].middleCols(cols.begin, cols.size()), scale, g); });
   return forward;
 }
 

@@ -128,6 +128,16 @@ void energy_grad_state(const Net<T>& net, const T* x, Index B, const ConstLayerP
 
 namespace detail {
 
+// scale * (column sums of A) into g, summing the rows in order. Eigen's colwise().sum() may
+// sum in a different order depending on the output's memory alignment, which would make
+// results differ in the last bit between calls; this loop does not.
+template <class A, class G>
+void column_sums(const A& a, typename A::Scalar scale, G&& g) {
+  g.setZero();
+  for (Index i = 0; i < a.rows(); ++i) g += a.row(i);
+  g *= scale;
+}
+
 // Parameter-shaped products averaged over the batch:
 //   gW_k = scale * (A_k^T C_{k+1} + D_k^T E_{k+1}),  gb_k = scale * colsum(F_k)
 // computed with the rows of each gW_k (and entries of gb_k) split over threads, so each
@@ -175,7 +185,7 @@ void energy_grad_params(const Net<T>& net, const T* x, Index B, const ConstLayer
           else
             G.noalias() = scale * R[k].middleCols(rows.begin, rows.size()).transpose() * R[k + 1];
         },
-        [&](int k, Range cols, auto g) { g = scale * R[k].middleCols(cols.begin, cols.size()).colwise().sum(); });
+        [&](int k, Range cols, auto g) { detail::column_sums(R[k].middleCols(cols.begin, cols.size()), scale, g); });
   });
 }
 
@@ -206,7 +216,7 @@ void mixed_hvp(const Net<T>& net, const T* x, Index B, const ConstLayerPtrs<T>& 
             G.noalias() += scale * R[k].middleCols(rows.begin, rows.size()).transpose() * P[k + 1];
           }
         },
-        [&](int k, Range cols, auto g) { g = scale * P[k].middleCols(cols.begin, cols.size()).colwise().sum(); });
+        [&](int k, Range cols, auto g) { detail::column_sums(P[k].middleCols(cols.begin, cols.size()), scale, g); });
   });
 }
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 namespace eqcore {
 
@@ -17,8 +18,9 @@ namespace detail {
 
 // One Euler step for one example's layer (n contiguous entries), in place:
 //   s <- s - dt (s - rho'(s) u [+ beta (s - y)]),  u = other + add,  then clip to [0, 1].
-// r = rho(s) before the step; `other` is read only when has_other. Returns max |change|.
-template <class Act, bool Clip, bool Nudge, bool HasOther, class T>
+// r = rho(s) before the step; `other` is read only when HasOther. With Measure, returns the
+// largest |change| (a loop-carried max: measurably slower, so only when a tolerance needs it).
+template <class Act, bool Clip, bool Nudge, bool HasOther, bool Measure, class T>
 T euler_row_impl(T* __restrict s, const T* __restrict r, const T* __restrict other, const T* __restrict add,
                  const T* __restrict y, Index n, T dt, T beta) {
   T largest = T(0);
@@ -29,7 +31,7 @@ T euler_row_impl(T* __restrict s, const T* __restrict r, const T* __restrict oth
     if (Nudge) grad += beta * (s[j] - y[j]);
     T next = s[j] - dt * grad;
     if (Clip) next = std::min(std::max(next, T(0)), T(1));
-    largest = std::max(largest, std::abs(next - s[j]));
+    if (Measure) largest = std::max(largest, std::abs(next - s[j]));
     s[j] = next;
   }
   return largest;
@@ -38,19 +40,19 @@ T euler_row_impl(T* __restrict s, const T* __restrict r, const T* __restrict oth
 // Chooses the compiled variant, so the element loop has no run-time branch.
 template <class Act, class T>
 T euler_row(T* s, const T* r, const T* other, const T* add, const T* y, Index n, T dt, T beta, bool clip,
-            bool has_other) {
-  const bool nudge = y != nullptr;
-  const int variant = (clip ? 4 : 0) | (nudge ? 2 : 0) | (has_other ? 1 : 0);
-  switch (variant) {
-    case 0: return euler_row_impl<Act, false, false, false>(s, r, other, add, y, n, dt, beta);
-    case 1: return euler_row_impl<Act, false, false, true>(s, r, other, add, y, n, dt, beta);
-    case 2: return euler_row_impl<Act, false, true, false>(s, r, other, add, y, n, dt, beta);
-    case 3: return euler_row_impl<Act, false, true, true>(s, r, other, add, y, n, dt, beta);
-    case 4: return euler_row_impl<Act, true, false, false>(s, r, other, add, y, n, dt, beta);
-    case 5: return euler_row_impl<Act, true, false, true>(s, r, other, add, y, n, dt, beta);
-    case 6: return euler_row_impl<Act, true, true, false>(s, r, other, add, y, n, dt, beta);
-    default: return euler_row_impl<Act, true, true, true>(s, r, other, add, y, n, dt, beta);
-  }
+            bool has_other, bool measure) {
+  auto pick = [&](auto clip_c, auto nudge_c, auto other_c, auto measure_c) {
+    return euler_row_impl<Act, decltype(clip_c)::value, decltype(nudge_c)::value, decltype(other_c)::value,
+                          decltype(measure_c)::value>(s, r, other, add, y, n, dt, beta);
+  };
+  auto with_bool = [](bool b, auto&& f) {
+    return b ? f(std::true_type{}) : f(std::false_type{});
+  };
+  return with_bool(clip, [&](auto c) {
+    return with_bool(y != nullptr, [&](auto nu) {
+      return with_bool(has_other, [&](auto o) { return with_bool(measure, [&](auto m) { return pick(c, nu, o, m); }); });
+    });
+  });
 }
 
 }  // namespace detail
@@ -73,17 +75,13 @@ class Relaxer {
       R_[k].resize(max_rows * net.size(k));
       U_[k].resize(max_rows * net.size(k));
     }
-    input_drive_.resize(max_rows * net.size(1));
   }
 
-  // Binds rows r of x and of the state arrays (layer k: (B, n_k)), computes the input drive
-  // x W_0 + b_1 once (it is constant during a relaxation) and rho(s).
-  void bind(const T* x, const LayerPtrs<T>& state, Range r) {
+  // Binds rows r of the state arrays (layer k: (B, n_k)) and of `input_drive` (B, n_1), the
+  // constant x W_0 + b_1 computed once for the batch (see input_drive()), and evaluates rho(s).
+  void bind(const T* input_drive, const LayerPtrs<T>& state, Range r) {
     rows_ = r.size();
-    const auto X = detail::rows_of(x, net_.size(0), r);
-    MatrixMap<T> D(input_drive_.data(), rows_, net_.size(1));
-    D.noalias() = X * net_.weight(0);
-    D.rowwise() += net_.bias(1);
+    input_drive_ = input_drive + r.begin * net_.size(1);
     rebind_state(state, r);
   }
 
@@ -95,8 +93,8 @@ class Relaxer {
   }
 
   // One synchronous Euler step s <- s - dt dE^beta/ds (then clip) on the bound rows; target
-  // (B, n_L) or nullptr. Returns the largest |change| of a unit.
-  T step(T dt, T beta, const T* target, bool clip) {
+  // (B, n_L) or nullptr. With measure, returns the largest |change| of a unit (else 0).
+  T step(T dt, T beta, const T* target, bool clip, bool measure = false) {
     const int L = net_.layers();
     // Drives from the current state, for every layer before any layer moves.
     for (int k = 2; k <= L; ++k) drive(k).noalias() = rho(k - 1) * net_.weight(k - 1);
@@ -114,10 +112,10 @@ class Relaxer {
       const T* rk = R_[k].data();
       const T* uk = U_[k].data();
       for (Index i = 0; i < rows_; ++i) {
-        const T* add = k == 1 ? input_drive_.data() + i * n : net_.biases[static_cast<std::size_t>(k - 1)];
+        const T* add = k == 1 ? input_drive_ + i * n : net_.biases[static_cast<std::size_t>(k - 1)];
         const T* y = nudge_here ? target + (begin_ + i) * n : nullptr;
         largest = std::max(largest, detail::euler_row<Act>(sk + i * n, rk + i * n, uk + i * n, add, y, n, dt, beta,
-                                                           clip, L > 1));
+                                                           clip, L > 1, measure));
       }
       rho(k) = Act::rho(s(k).array());  // (fusing this into euler_row measured 30% slower)
     }
@@ -136,10 +134,25 @@ class Relaxer {
   // different number of scalar iterations from one call to the next (bit-reproducibility).
   using Buffer = Eigen::Matrix<T, Eigen::Dynamic, 1>;
   std::vector<Buffer> R_, U_;  // rho(s_k) and the drive from the other free layers
-  Buffer input_drive_;
+  const T* input_drive_ = nullptr;
   LayerPtrs<T> state_;
   Index begin_ = 0, rows_ = 0;
 };
+
+// The input drive x W_0 + b_1 for the whole batch into D (B, n_1), constant during a
+// relaxation: computed once per call, with the columns of W_0 split over threads so that each
+// thread packs only its slice of W_0 for the GEMM (a row split would pack all of it per thread).
+template <class T>
+void input_drive(const Net<T>& net, const T* x, Index B, Matrix<T>& D, int threads) {
+  D.resize(B, net.size(1));
+  const ConstMatrixMap<T> X(x, B, net.size(0));
+  const auto W0 = net.weight(0);
+  parallel_for(net.size(1), threads, [&](Range cols) {
+    auto block = D.middleCols(cols.begin, cols.size());
+    block.noalias() = X * W0.middleCols(cols.begin, cols.size());
+    block.rowwise() += net.bias(1).segment(cols.begin, cols.size());
+  });
+}
 
 template <class T>
 struct RelaxOptions {
@@ -186,6 +199,8 @@ RelaxResult relax(const Net<T>& net, const T* x, Index B, const LayerPtrs<T>& st
   TeamMax<T> largest(requested);
   std::vector<Index> failed(static_cast<std::size_t>(requested), -1);
   std::vector<Index> taken(static_cast<std::size_t>(requested), 0);
+  Matrix<T> drive;
+  input_drive(net, x, B, drive, opt.threads);
 
   with_activation(net.activation, [&](auto act) {
     using Act = decltype(act);
@@ -203,11 +218,11 @@ RelaxResult relax(const Net<T>& net, const T* x, Index B, const LayerPtrs<T>& st
       Index& done = taken[static_cast<std::size_t>(t)];
       for (Index first = block.begin; first < block.end; first += tile) {
         const Range r{first, std::min(first + tile, block.end)};
-        w.bind(x, state, r);
+        w.bind(drive.data(), state, r);
         record(r, 0);
         Index step = 0;
         while (step < opt.steps) {
-          const T change = w.step(opt.dt, opt.beta, y, opt.clip);
+          const T change = w.step(opt.dt, opt.beta, y, opt.clip, use_tol);
           ++step;
           // A non-finite value anywhere reaches the (small) output layer within L steps through
           // the products, so checking that layer each step is enough to stop a divergence early.

@@ -1,6 +1,6 @@
 // A whole Equilibrium Propagation training step on a minibatch in one kernel call: free
-// phase, nudged phase(s) and the parameter update, with the input drive computed once per
-// phase and the update accumulated straight into the weights (no gradient temporaries).
+// phase, nudged phase(s) and the parameter update, with the input drive computed once for all
+// phases and the update accumulated straight into the weights (no gradient temporaries).
 #pragma once
 
 #include "eqcore/network.hpp"
@@ -44,6 +44,8 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
   LayerPtrs<T> nudged_ptrs;
   for (int k = 1; k <= L; ++k) nudged_ptrs.push_back(nudged[k].data());
   std::vector<Index> failed(static_cast<std::size_t>(requested), -1);
+  Matrix<T> drive;  // x W_0 + b_1, shared by every phase
+  input_drive(net, x, B, drive, opt.threads);
 
   with_activation(net.activation, [&](auto act) {
     using Act = decltype(act);
@@ -65,7 +67,7 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
       };
       for (Index first = block.begin; first < block.end; first += tile) {
         const Range r{first, std::min(first + tile, block.end)};
-        w.bind(x, state, r);  // the input drive, once for all phases of this tile
+        w.bind(drive.data(), state, r);
         run(opt.free_steps, T(0), nullptr);
         if (!detail::rows_finite(net, state, r, 1)) fail = opt.free_steps;
         if (!opt.symmetric) keep_rho(rho_b, r);

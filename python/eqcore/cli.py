@@ -15,7 +15,7 @@ from .network import Network
 
 
 # Modules that define `add_parser(subparsers)` for their command (`eqcore check`, `eqcore train`).
-_COMMAND_MODULES: tuple[str, ...] = ("checks",)
+_COMMAND_MODULES: tuple[str, ...] = ("checks", "train")
 
 
 def parse_layers(text: str) -> list[int]:

@@ -230,3 +230,12 @@ def test_fused_ep_train_step_refuses_bad_state_and_keeps_parameters_on_divergenc
                                  learning_rates=[0.1, 0.1])
     for a, b in zip(net.weights + net.biases, before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_rbp_that_cannot_converge_raises_divergence_error():
+    """(I - dt H)^t blows up when dt * lambda_max(H) > 2: a named error, not inf or NaN."""
+    net, x, y, s0 = smooth_problem("sigmoid", [8, 6, 3])
+    with pytest.raises(eqcore.DivergenceError, match=r"RBP diverged.*step \d+.*dt=5"):
+        algorithms.rbp(net, x, y, s0, steps=5000, dt=5.0)
+    with pytest.raises(eqcore.DivergenceError, match="RBP diverged"):
+        algorithms.rbp(net, x, y, s0, steps=100_000, dt=5.0, tol=1e-8)

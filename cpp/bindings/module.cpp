@@ -444,6 +444,13 @@ py::object rbp(const Sizes& sizes, const std::string& activation, const py::sequ
       res = eqcore::rbp(m.net, static_cast<const T*>(xa.data()), B, s0, y, steps, static_cast<T>(dt),
                         static_cast<T>(tol), sbar, sum, traj, threads);
     }
+    if (res.status == eqcore::Status::Diverged) {
+      std::ostringstream msg;
+      msg << "RBP diverged: Sbar became non-finite by step " << res.failed_step << " (dt=" << dt
+          << "); (I - dt H) must be a contraction: H(s0) is not positive definite (s0 is not a stable, smooth "
+             "fixed point, e.g. hard-sigmoid units clipped at 0 or 1) or dt is too large";
+      throw DivergenceError(msg.str());
+    }
     return py::make_tuple(sbar_out, sum_out, res.steps,
                           record ? py::object(cut_trajectory(trajectory, res.steps + 1)) : py::none());
   });

@@ -13,7 +13,9 @@
 namespace eqcore {
 
 struct RbpResult {
-  Index steps = 0;  // steps taken
+  Status status = Status::Ok;
+  Index steps = 0;         // steps taken
+  Index failed_step = -1;  // with Status::Diverged: the step at which Sbar became non-finite
 };
 
 // Recurrent Backpropagation (Eq. 8-11 of the paper) at a free fixed point s0:
@@ -30,7 +32,7 @@ RbpResult rbp(const Net<T>& net, const T* x, Index B, const ConstLayerPtrs<T>& s
   const int L = net.layers();
   const int requested = threads_for(B, threads);
   TeamMax<T> largest(requested);
-  std::vector<Index> taken(static_cast<std::size_t>(requested), 0);
+  std::vector<Index> taken(static_cast<std::size_t>(requested), 0), failed(static_cast<std::size_t>(requested), -1);
   with_activation(net.activation, [&](auto act) {
     using Act = decltype(act);
     run_team(requested, [&](int t, int nt) {
@@ -63,14 +65,30 @@ RbpResult rbp(const Net<T>& net, const T* x, Index B, const ConstLayerPtrs<T>& s
         }
         ++step;
         record(step);
-        if (tol > T(0) && largest.reduce(step, t, nt, local) < tol) break;
+        // Sbar_t = (I - dt H)^t Sbar_0 grows without bound when an eigenvalue of dt H leaves
+        // (0, 2): H not positive definite at s0 (not a stable fixed point), or dt too large.
+        const bool bad = !std::isfinite(local);
+        if (bad) failed[t] = step;
+        if (tol > T(0)) {
+          const T global = largest.reduce(step, t, nt, local);
+          if (!std::isfinite(global) || global < tol) break;  // same decision in every thread
+        } else if (bad) {
+          break;
+        }
       }
       taken[t] = step;
       detail::store_rows(net, S, r, sbar);
       detail::store_rows(net, V, r, sum);
     });
   });
-  return {taken[0]};
+  RbpResult result;
+  result.steps = taken[0];
+  for (Index f : failed)
+    if (f >= 0 && (result.failed_step < 0 || f < result.failed_step)) {
+      result.status = Status::Diverged;
+      result.failed_step = f;
+    }
+  return result;
 }
 
 struct SolveResult {

@@ -276,8 +276,9 @@ def test_presets_match_the_2017_paper():
         c = train.TrainConfig.preset(name)
         assert (c.layers, c.free_steps, c.nudged_steps, c.epochs) == (layers, t, k, epochs)
         assert c.lr == pytest.approx([2 * a for a in lr])
-        assert (c.batch, c.dt, c.beta, c.ep_variant, c.activation, c.clip, c.dtype, c.persistent) == \
-            (20, 0.5, 2.0, "random-sign", "hardsigmoid", True, "float32", True)
+        assert (c.batch, c.dt, c.ep_variant, c.activation, c.clip, c.dtype, c.persistent) == \
+            (20, 0.5, "random-sign", "hardsigmoid", True, "float32", True)
+        assert c.beta == (1.0 if name == "mnist-1h" else 2.0)  # the published code's 0.5 and 1.0
     assert train.TrainConfig.preset("mnist-2h", epochs=1, beta=0.5).epochs == 1
     with pytest.raises(ValueError, match="preset: expected one of"):
         train.TrainConfig.preset("mnist-4h")

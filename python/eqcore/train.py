@@ -158,7 +158,7 @@ class TrainConfig:
     free_steps: int = 20
     nudged_steps: int = 4
     dt: float = 0.5
-    beta: float = 2.0  # the 2017 paper's 1.0 in its cost convention (see _from_paper)
+    beta: float = 1.0  # the 2017 paper's 0.5 in its cost convention (see _from_paper)
     clip: Optional[bool] = None
     lr: list[float] = field(default_factory=lambda: [0.2, 0.1])
     batch: int = 20
@@ -291,9 +291,11 @@ def _from_paper(beta: float, lr: list[float]) -> dict[str, Any]:
     return dict(beta=2.0 * beta, lr=[2.0 * a for a in lr])
 
 
+# mnist-1h: beta 0.5 as in the paper's published code (net1); 1.0 measured 3.4 % test error
+# against 3.0 % here (eqcore train --preset mnist-1h [--beta 2.0]).
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist-1h": dict(_PAPER, layers=[784, 500, 10], free_steps=20, nudged_steps=4, epochs=25,
-                     **_from_paper(1.0, [0.1, 0.05])),
+                     **_from_paper(0.5, [0.1, 0.05])),
     "mnist-2h": dict(_PAPER, layers=[784, 500, 500, 10], free_steps=100, nudged_steps=6, epochs=60,
                      **_from_paper(1.0, [0.4, 0.1, 0.01])),
     "mnist-3h": dict(_PAPER, layers=[784, 500, 500, 500, 10], free_steps=500, nudged_steps=8, epochs=500,

@@ -39,6 +39,20 @@ def smooth_problem(activation, sizes, batch=3, seed=0):
     return net, x, y, fp.state
 
 
+def assert_matches_fd(net, J, gW, gb, h):
+    """Every parameter's gradient against a central difference of the scalar J()."""
+    for params, grads in ((net.weights, gW), (net.biases, gb)):
+        for p, g in zip(params, grads):
+            for idx in np.ndindex(p.shape):
+                old = p[idx]
+                p[idx] = old + h
+                plus = J()
+                p[idx] = old - h
+                minus = J()
+                p[idx] = old
+                np.testing.assert_allclose(g[idx], (plus - minus) / (2 * h), rtol=1e-5, atol=1e-9)
+
+
 def flat(params):
     return np.concatenate([a.ravel() for group in params for a in group])
 
@@ -97,17 +111,8 @@ def test_implicit_gradient_matches_finite_differences_of_J(activation):
         state = algorithms.fixed_point(net, x, state=s0, tol=1e-14).state
         return net.cost(state, y).mean()
 
-    h = 1e-5  # fixed points to 1e-14: the FD error is ~1e-9 absolute, far below these gradients' 1e-3
-    for params, grads in ((net.weights, gW), (net.biases, gb)):
-        for p, g in zip(params, grads):
-            for idx in np.ndindex(p.shape):
-                old = p[idx]
-                p[idx] = old + h
-                plus = J()
-                p[idx] = old - h
-                minus = J()
-                p[idx] = old
-                np.testing.assert_allclose(g[idx], (plus - minus) / (2 * h), rtol=1e-5, atol=1e-9)
+    # fixed points to 1e-14: the FD error is ~1e-9 absolute, far below these gradients' 1e-3
+    assert_matches_fd(net, J, gW, gb, h=1e-5)
 
 
 @pytest.mark.parametrize("activation,clip", [("sigmoid", False), ("hardsigmoid", True), ("hardsigmoid", False)])
@@ -120,17 +125,7 @@ def test_bptt_matches_finite_differences_of_T_step_cost(activation, clip, rng):
     def J():
         return net.cost(net.relax(x, steps=T, dt=dt, clip=clip), y).mean()
 
-    h = 1e-6
-    for params, grads in ((net.weights, gW), (net.biases, gb)):
-        for p, g in zip(params, grads):
-            for idx in np.ndindex(p.shape):
-                old = p[idx]
-                p[idx] = old + h
-                plus = J()
-                p[idx] = old - h
-                minus = J()
-                p[idx] = old
-                np.testing.assert_allclose(g[idx], (plus - minus) / (2 * h), rtol=1e-5, atol=1e-9)
+    assert_matches_fd(net, J, gW, gb, h=1e-6)
 
 
 @cases

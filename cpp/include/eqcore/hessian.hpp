@@ -25,7 +25,7 @@ class LocalHessian {
     if constexpr (Act::has_second_derivative) {
       for (int k = 1; k <= net_.layers(); ++k) {
         auto U = Q_.leftCols(net_.size(k));
-        drive_into(k, X, U);
+        detail::drive(net_, k, X, R_, U);
         C_[k].array() *= U.array();  // C_k = rho''(s_k) * u_k: the diagonal curvature term
       }
     }
@@ -57,16 +57,6 @@ class LocalHessian {
   Index rows() const { return rows_; }
 
  private:
-  template <class Out>
-  void drive_into(int k, const ConstMatrixMap<T>& X, Out& U) {
-    if (k == 1)
-      U.noalias() = X * net_.weight(0);
-    else
-      U.noalias() = R_[k - 1] * net_.weight(k - 1);
-    if (k < net_.layers()) U.noalias() += R_[k + 1] * net_.weight(k).transpose();
-    U.rowwise() += net_.bias(k);
-  }
-
   const Net<T>& net_;
   Index rows_;
   std::vector<Matrix<T>> R_, D_, C_, P_;

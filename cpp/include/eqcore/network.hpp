@@ -57,9 +57,8 @@ void activations(const Net<T>& net, const ConstLayerPtrs<T>& s, Range r, std::ve
 }
 
 // U = rho(s_{k-1}) W_{k-1} + rho(s_{k+1}) W_k^T + b_k   (the drive of layer k).
-template <class T>
-void drive(const Net<T>& net, int k, const ConstMatrixMap<T>& X, const std::vector<Matrix<T>>& R,
-           Matrix<T>& U) {
+template <class T, class Out>
+void drive(const Net<T>& net, int k, const ConstMatrixMap<T>& X, const std::vector<Matrix<T>>& R, Out&& U) {
   if (k == 1)
     U.noalias() = X * net.weight(0);
   else

@@ -275,7 +275,7 @@ def test_presets_match_the_2017_paper():
     }.items():
         c = train.TrainConfig.preset(name)
         assert (c.layers, c.free_steps, c.nudged_steps, c.epochs) == (layers, t, k, epochs)
-        assert c.lr == pytest.approx([2 * a for a in lr])
+        assert c.lr == pytest.approx([(2 if name == "mnist-1h" else 1) * a for a in lr])
         assert (c.batch, c.dt, c.ep_variant, c.activation, c.clip, c.dtype, c.persistent) == \
             (20, 0.5, "random-sign", "hardsigmoid", True, "float32", True)
         assert c.beta == (1.0 if name == "mnist-1h" else 2.0)  # the published code's 0.5 and 1.0
@@ -294,7 +294,7 @@ def test_cli_parses_presets_and_overrides():
     c = train.config_from_args(train.build_parser().parse_args(
         ["--preset", "mnist-2h", "--method", "rbp", "-T", "50", "--layers", "784-300-300-10", "--beta", "0.5"]))
     assert (c.layers, c.method, c.free_steps, c.nudged_steps, c.beta, c.lr) == \
-        ([784, 300, 300, 10], "rbp", 50, 6, 0.5, [0.8, 0.2, 0.02])
+        ([784, 300, 300, 10], "rbp", 50, 6, 0.5, [0.4, 0.1, 0.01])
     assert train.config_from_args(train.build_parser().parse_args([])) == train.TrainConfig()
     with pytest.raises(ValueError, match="expected 1 learning rates"):
         train.config_from_args(train.build_parser().parse_args(["--preset", "mnist-1h", "--layers", "784-10"]))

@@ -284,22 +284,24 @@ _PAPER = dict(dataset="mnist", method="ep", ep_variant="random-sign", batch=20, 
               activation="hardsigmoid", dtype="float32", persistent=True)  # clip: on (hard sigmoid)
 
 
-def _from_paper(beta: float, lr: list[float]) -> dict[str, Any]:
-    """The paper's code uses the cost |s_L - y|^2, eqcore 1/2 |s_L - y|^2 (DESIGN.md). The same
-    nudged states need beta twice as large here, and the same parameter updates (its estimate
-    is of the gradient of a cost twice ours) need learning rates twice as large."""
-    return dict(beta=2.0 * beta, lr=[2.0 * a for a in lr])
+def _from_paper(beta: float, lr: list[float], lr_scale: float = 2.0) -> dict[str, Any]:
+    """The paper's code uses the cost |s_L - y|^2, eqcore 1/2 |s_L - y|^2 (DESIGN.md): the same
+    nudged states need beta twice as large here, and the same parameter updates (its estimate is
+    of the gradient of a cost twice ours) learning rates twice as large (lr_scale = 2)."""
+    return dict(beta=2.0 * beta, lr=[lr_scale * a for a in lr])
 
 
-# mnist-1h: beta 0.5 as in the paper's published code (net1); 1.0 measured 3.4 % test error
-# against 3.0 % here (eqcore train --preset mnist-1h [--beta 2.0]).
+# mnist-1h: beta 0.5 as in the paper's published code (net1); its 1.0 measured 3.4 % test error
+# against 3.0 % here. mnist-2h/3h: with the doubled rates (0.8, 0.2, 0.02) the 2-hidden-layer
+# net did not learn (90 % error after 2 epochs on 10k images, T = 100 or 150), with the paper's
+# rates as written it did (14 %), so those presets keep the paper's learning rates literally.
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist-1h": dict(_PAPER, layers=[784, 500, 10], free_steps=20, nudged_steps=4, epochs=25,
                      **_from_paper(0.5, [0.1, 0.05])),
     "mnist-2h": dict(_PAPER, layers=[784, 500, 500, 10], free_steps=100, nudged_steps=6, epochs=60,
-                     **_from_paper(1.0, [0.4, 0.1, 0.01])),
+                     **_from_paper(1.0, [0.4, 0.1, 0.01], lr_scale=1.0)),
     "mnist-3h": dict(_PAPER, layers=[784, 500, 500, 500, 10], free_steps=500, nudged_steps=8, epochs=500,
-                     **_from_paper(1.0, [0.128, 0.032, 0.008, 0.002])),
+                     **_from_paper(1.0, [0.128, 0.032, 0.008, 0.002], lr_scale=1.0)),
 }
 
 

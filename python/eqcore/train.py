@@ -807,12 +807,8 @@ def _aligned(a: np.ndarray, alignment: int = 64) -> np.ndarray:
 
 
 def _gradient_function(method: str) -> Callable:
-    name = {"ep": "ep_gradient", "rbp": "rbp_gradient", "implicit": "implicit_gradient",
-            "bptt": "bptt_gradient"}[method]
-    fn = getattr(algorithms, name, None)
-    if fn is None:
-        raise NotImplementedError(f"method {method!r}: eqcore.algorithms.{name} is not available in this version")
-    return fn
+    return {"ep": algorithms.ep_gradient, "rbp": algorithms.rbp_gradient, "implicit": algorithms.implicit_gradient,
+            "bptt": algorithms.bptt_gradient}[method]
 
 
 def _jsonl(metrics: dict[str, Any]) -> str:
@@ -972,7 +968,7 @@ def run(args: argparse.Namespace) -> int:
                 if before is not None and before.shape == () and int(before) != trainer.train_threads:
                     say(f"note: trained so far with {int(before)} thread(s), now {trainer.train_threads}: the "
                         "result will not be bit-identical to an uninterrupted run (pass --threads to match)")
-        except (ValueError, NotImplementedError) as err:
+        except ValueError as err:
             return error(str(err))
         method = config.method + (f" ({config.ep_variant})" if config.method == "ep" else "")
         say(f"{'-'.join(map(str, config.layers))} {config.activation} {config.dtype}, {method}, "

@@ -41,7 +41,7 @@ def main() -> None:
             if reference is None:
                 reference = state
             else:  # every thread count computes the same relaxation
-                np.testing.assert_allclose(state[-1], reference[-1], rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(state[-1], reference[-1], rtol=1e-4, atol=1e-5)  # float32, 100 steps
     base = np.median(times[counts[0]])
     print(f"{args.layers} batch {args.batch} {args.dtype}, {args.steps} steps per call, {args.repeats} calls")
     for t in counts:

@@ -22,13 +22,28 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
-import eqcore
-from eqcore import algorithms
+def _threads_from_argv() -> str:
+    """--threads, read before numpy loads OpenBLAS (its thread count is fixed at load time)."""
+    for i, arg in enumerate(sys.argv):
+        if arg == "--threads" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return str(len(os.sched_getaffinity(0)))
+
+
+# numpy's BLAS gets the same threads as eqcore and torch: a fair contest, and no oversubscription.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads_from_argv())
+
+import numpy as np  # noqa: E402
+
+import eqcore  # noqa: E402
+from eqcore import algorithms  # noqa: E402
 
 CASES = [
     ("784-500-10", 20, 4, 20),

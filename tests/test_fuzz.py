@@ -200,10 +200,6 @@ ACTIVATIONS = ("hardsigmoid", "sigmoid")
 NET_DTYPES = ("float32", "float64")
 REAL_DTYPES = (np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint8)  # bool is refused
 LAYOUTS = ("C", "C", "F", "strided", "reversed", "unaligned", "broadcast", "list")
-if UNDER_ASAN:
-    # KNOWN BUG (test_unaligned_arrays_reach_the_kernel): unaligned arrays pass every check and the
-    # kernel reads them through misaligned float pointers (undefined behaviour: UBSan aborts).
-    LAYOUTS = tuple(k for k in LAYOUTS if k != "unaligned")
 MAGNITUDE = {"unit": 1.0, "tiny": 1e-30, "large": 1e3, "huge": 1e30}
 SPECIALS = np.array([0.0, -0.0, 1.0, 0.5, -1.0, 1e-300, 5e-324, -5e-324])
 ARRAY_FAULTS = ("cols", "rows", "1d", "3d", "0d", "bool", "complex", "object", "str", "bytes", "datetime",
@@ -1610,10 +1606,6 @@ def test_load_allocates_the_claimed_sizes_first(tmp_path):
         eqcore.Network.load(path)
 
 
-@pytest.mark.xfail(strict=True, reason="unaligned arrays (C-contiguous, right dtype, e.g. from np.frombuffer at an "
-                   "odd offset) are neither copied (np.ascontiguousarray keeps them) nor refused by the binding: the "
-                   "kernel reads and writes them through misaligned float pointers, undefined behaviour that UBSan "
-                   "reports as 'load of misaligned address' in require_finite (module.cpp) and the kernels")
 @pytest.mark.parametrize("array", ["x (converted)", "weights[1] (read in place)", "ep_train_step state (written in place)"])
 def test_unaligned_arrays_reach_the_kernel(array):
     # In a child process: under tools/sanitize.sh the misaligned access aborts the interpreter.
@@ -1654,8 +1646,6 @@ def _run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=Path(__file__).parent)
 
 
-@pytest.mark.xfail(strict=True, reason="steps near 2**63 with record=True: the binding computes steps + 1 "
-                   "(signed overflow, undefined behaviour: UBSan aborts) and numpy reports 'negative dimensions'")
 @pytest.mark.parametrize("function", ["relax", "rbp"])
 def test_huge_steps_with_record(function):
     # In a child process: under tools/sanitize.sh the overflow aborts the interpreter.
@@ -1677,8 +1667,6 @@ def test_huge_steps_with_record(function):
 
 
 @pytest.mark.skipif(UNDER_ASAN, reason="an address-space limit and ASan's shadow memory do not mix")
-@pytest.mark.xfail(strict=True, reason="threads is not capped: when the system cannot create that many OpenMP "
-                   "threads, libgomp prints 'Thread creation failed' and exits the process (no exception)")
 def test_more_threads_than_the_system_allows_does_not_kill_the_process():
     child = _run_child("""
         import resource, numpy as np, eqcore

@@ -14,6 +14,7 @@
 #include "eqcore/training.hpp"
 
 #include <cmath>
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -72,6 +73,9 @@ py::array checked_array(py::handle obj, const std::string& name, const std::vect
   if (!same) throw py::value_error(name + ": expected shape " + shape_string(shape) + ", got " + shape_string(a));
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(name + ": expected a C-contiguous (row-major) array, got a non-contiguous one");
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0)
+    throw py::value_error(name + ": expected an array aligned to its dtype, got an unaligned one (e.g. a view at an odd "
+                                 "byte offset): pass a copy");
   if (writable && !a.writeable()) throw py::value_error(name + ": expected a writable array, got a read-only one");
   return a;
 }
@@ -194,7 +198,7 @@ struct Model {
 
 int check_threads(int threads) {
   if (threads < 1) throw py::value_error("threads: expected an integer >= 1, got " + std::to_string(threads));
-  return threads;
+  return threads;  // the kernel uses at most as many threads as there are processors
 }
 
 Index check_steps(Index steps) {
@@ -222,6 +226,13 @@ void throw_divergence(const eqcore::RelaxResult& res, Index steps, double dt, do
 // A list of `count` fresh arrays (steps + 1, B, n_k) for a recorded trajectory.
 template <class T, class M>
 py::list new_trajectory(const M& m, Index steps, Index B, eqcore::LayerPtrs<T>& ptrs) {
+  // Checked in floating point first: (steps + 1) * B * n must not overflow an index.
+  const double values = (static_cast<double>(steps) + 1.0) * static_cast<double>(B) *
+                        static_cast<double>(m.net.state_size());
+  if (values * sizeof(T) > 0x1p62)
+    throw py::value_error("steps: a recorded trajectory of " + std::to_string(steps) + " + 1 steps x " +
+                          std::to_string(B) + " examples x " + std::to_string(m.net.state_size()) +
+                          " units is too large; record fewer steps");
   py::list out;
   for (int k = 1; k <= m.layers(); ++k) {
     py::array_t<T> a({steps + 1, B, m.size(k)});

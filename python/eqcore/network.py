@@ -56,7 +56,7 @@ def _as_real_array(value: object, name: str, dtype: np.dtype) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected real numbers, got an array of dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.require(arr, dtype=dtype, requirements=["C", "A"])  # C order, aligned (copies if needed)
 
 
 def _as_layers(value: object, name: str, dtype: np.dtype, count: int) -> list[np.ndarray]:

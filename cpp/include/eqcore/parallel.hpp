@@ -17,9 +17,14 @@
 
 namespace eqcore {
 
-// Threads actually used for n independent items: never more threads than items.
+// Threads actually used for n independent items: never more threads than items, nor than
+// processors (more only oversubscribes the cores, and thousands of threads can fail to start,
+// which libgomp answers by exiting the process).
 inline int threads_for(Index items, int threads) {
   if (threads < 1) threads = 1;
+#ifdef _OPENMP
+  threads = std::min(threads, std::max(1, omp_get_num_procs()));
+#endif
   if (items < threads) threads = static_cast<int>(std::max<Index>(items, 1));
   return threads;
 }

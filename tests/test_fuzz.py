@@ -1584,8 +1584,6 @@ def test_load_does_not_take_file_descriptors(tmp_path):
             pass
 
 
-@pytest.mark.xfail(strict=True, reason="read_npz on an .npy file: np.load returns an ndarray, and `with` on it "
-                   "raises TypeError (Network.load and train.read_checkpoint both leak it)")
 @pytest.mark.parametrize("reader", ["Network.load", "read_checkpoint"])
 def test_load_of_an_npy_file_is_a_type_error(tmp_path, reader):
     from eqcore import train
@@ -1597,9 +1595,6 @@ def test_load_of_an_npy_file_is_a_type_error(tmp_path, reader):
         (eqcore.Network.load if reader == "Network.load" else train.read_checkpoint)(path)
 
 
-@pytest.mark.xfail(strict=True, reason="Network.load builds (and Glorot-initialises) a network of the claimed "
-                   "sizes before checking the stored arrays: a tiny file claiming 1e6 x 1e6 gives MemoryError "
-                   "(and sizes like 40000 x 40000 allocate gigabytes)")
 def test_load_allocates_the_claimed_sizes_first(tmp_path):
     path = _file(tmp_path, sizes=np.array([10**6, 10**6]), W1=None, b2=None)
     with pytest.raises(ValueError, match="W0"):

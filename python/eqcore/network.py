@@ -293,10 +293,12 @@ class Network:
         dtype = arrays.get("W0", np.empty(0, np.float32)).dtype
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"{path}: W0 has dtype {dtype}, expected float32 or float64")
+        # Every stored array is checked before a network of the claimed sizes is built, so a small
+        # file claiming huge sizes fails here instead of allocating them.
+        weights = [_stored(arrays, f"W{k}", (sizes[k], sizes[k + 1]), dtype, path) for k in range(len(sizes) - 1)]
+        biases = [_stored(arrays, f"b{k}", (sizes[k],), dtype, path) for k in range(1, len(sizes))]
         net = cls(sizes, activation=str(arrays["activation"]), dtype=dtype.name, threads=threads)
-        for k in range(net.layers):
-            net.weights[k] = _stored(arrays, f"W{k}", (sizes[k], sizes[k + 1]), dtype, path)
-            net.biases[k] = _stored(arrays, f"b{k + 1}", (sizes[k + 1],), dtype, path)
+        net.weights, net.biases = weights, biases
         return net
 
 
@@ -336,8 +338,12 @@ def read_npz(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz`` file, refusing pickled (object) arrays and damaged files."""
     try:
         # Open the file ourselves: np.load leaks its handle when the zip is damaged.
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        with open(path, "rb") as f:
+            data = np.load(f, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError(f"{path}: not an .npz archive (a single .npy array or other file)")
+            with data:
+                return {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, EOFError, OSError) as err:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from err
     except ValueError as err:  # numpy refuses object arrays when allow_pickle=False

@@ -128,6 +128,31 @@ struct Model {
   int layers() const { return net.layers(); }
   Index size(int k) const { return net.size(k); }
 
+  // Parameters are not checked on every call (a pass over all weights); a non-finite result or a
+  // divergence is, and when a parameter is the cause the error names it.
+  void require_finite_parameters() const {
+    for (int k = 0; k < layers(); ++k) {
+      require_finite<T>(keep[static_cast<std::size_t>(2 * k)], "weights[" + std::to_string(k) + "]");
+      require_finite<T>(keep[static_cast<std::size_t>(2 * k + 1)], "biases[" + std::to_string(k) + "]");
+    }
+  }
+  void require_finite_param_shaped(const eqcore::LayerPtrs<T>& gW, const eqcore::LayerPtrs<T>& gb) const {
+    for (int k = 0; k < layers(); ++k)
+      if (!eqcore::ConstMatrixMap<T>(gW[static_cast<std::size_t>(k)], size(k), size(k + 1)).allFinite() ||
+          !eqcore::ConstMatrixMap<T>(gb[static_cast<std::size_t>(k)], 1, size(k + 1)).allFinite()) {
+        require_finite_parameters();
+        return;
+      }
+  }
+  template <class Ptrs>
+  void require_finite_results(const Ptrs& layers_out, Index B) const {
+    for (int k = 1; k <= layers(); ++k)
+      if (!eqcore::ConstMatrixMap<T>(layers_out[static_cast<std::size_t>(k - 1)], B, size(k)).allFinite()) {
+        require_finite_parameters();
+        return;
+      }
+  }
+
   // x: (B, n_0), finite; returns B.
   Index batch(const py::array& x) const { return x.shape(0); }
 
@@ -310,7 +335,10 @@ py::object relax(const Sizes& sizes, const std::string& activation, const py::se
       py::gil_scoped_release nogil;
       res = eqcore::relax(m.net, static_cast<const T*>(xa.data()), B, s, y, opt, traj);
     }
-    if (res.status == eqcore::Status::Diverged) throw_divergence(res, steps, dt, beta);
+    if (res.status == eqcore::Status::Diverged) {
+      m.require_finite_parameters();  // a NaN parameter is named, not blamed on dt
+      throw_divergence(res, steps, dt, beta);
+    }
     return py::make_tuple(out, res.steps, record ? py::object(cut_trajectory(trajectory, res.steps + 1)) : py::none());
   });
 }
@@ -330,6 +358,7 @@ py::object energy(const Sizes& sizes, const std::string& activation, const py::s
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
       eqcore::energy(m.net, static_cast<const T*>(xa.data()), B, s, o, threads);
     }
+    if (!Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(o, B).allFinite()) m.require_finite_parameters();
     return out;
   });
 }
@@ -368,6 +397,7 @@ py::object energy_grad_state(const Sizes& sizes, const std::string& activation, 
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
       eqcore::energy_grad_state(m.net, static_cast<const T*>(xa.data()), B, s, y, static_cast<T>(beta), g, threads);
     }
+    m.require_finite_results(g, B);
     return out;
   });
 }
@@ -387,6 +417,7 @@ py::object energy_grad_params(const Sizes& sizes, const std::string& activation,
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
       eqcore::energy_grad_params(m.net, static_cast<const T*>(xa.data()), B, s, gW, gb, threads);
     }
+    m.require_finite_param_shaped(gW, gb);
     return out;
   });
 }
@@ -408,6 +439,7 @@ py::object hvp(const Sizes& sizes, const std::string& activation, const py::sequ
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
       eqcore::hvp(m.net, static_cast<const T*>(xa.data()), B, s, va, static_cast<T>(beta), h, threads);
     }
+    m.require_finite_results(h, B);
     return out;
   });
 }
@@ -428,6 +460,7 @@ py::object mixed_hvp(const Sizes& sizes, const std::string& activation, const py
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
       eqcore::mixed_hvp(m.net, static_cast<const T*>(xa.data()), B, s, va, gW, gb, threads);
     }
+    m.require_finite_param_shaped(gW, gb);
     return out;
   });
 }
@@ -456,6 +489,7 @@ py::object rbp(const Sizes& sizes, const std::string& activation, const py::sequ
                         static_cast<T>(tol), sbar, sum, traj, threads);
     }
     if (res.status == eqcore::Status::Diverged) {
+      m.require_finite_parameters();
       std::ostringstream msg;
       msg << "RBP diverged: Sbar became non-finite by step " << res.failed_step << " (dt=" << dt
           << "); (I - dt H) must be a contraction: H(s0) is not positive definite (s0 is not a stable, smooth "
@@ -525,7 +559,10 @@ py::object bptt(const Sizes& sizes, const std::string& activation, const py::seq
       res = eqcore::bptt(m.net, static_cast<const T*>(xa.data()), B, s, y, steps, static_cast<T>(dt), clip, gW, gb,
                          threads);
     }
-    if (res.status == eqcore::Status::Diverged) throw_divergence(res, steps, dt, 0.0);
+    if (res.status == eqcore::Status::Diverged) {
+      m.require_finite_parameters();  // a NaN parameter is named, not blamed on dt
+      throw_divergence(res, steps, dt, 0.0);
+    }
     return out;
   });
 }
@@ -567,7 +604,10 @@ py::object ep_step(const Sizes& sizes, const std::string& activation, const py::
       py::gil_scoped_release nogil;
       res = eqcore::ep_step(m.net, m.mutable_weights, m.mutable_biases, static_cast<const T*>(xa.data()), B, s, y, opt);
     }
-    if (res.status == eqcore::Status::Diverged) throw_divergence(res, free_steps + nudged_steps, dt, beta);
+    if (res.status == eqcore::Status::Diverged) {
+      m.require_finite_parameters();  // a NaN parameter is named, not blamed on dt
+      throw_divergence(res, free_steps + nudged_steps, dt, beta);
+    }
     return py::none();
   });
 }

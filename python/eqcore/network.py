@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,6 +156,11 @@ class Network:
     # -- helpers ------------------------------------------------------------------------
 
     def _net(self) -> tuple:
+        # The kernel takes its scalar type from weights[0]: a replaced weights[0] of another dtype
+        # must be named here, or the error would fall on the arrays that are right.
+        w0 = self.weights[0] if self.weights else None
+        if isinstance(w0, np.ndarray) and w0.dtype != self.dtype:
+            raise TypeError(f"weights[0]: expected dtype {self.dtype}, got {w0.dtype}")
         return (self.sizes, self.activation, self.weights, self.biases)
 
     def _x(self, x: object) -> np.ndarray:
@@ -322,9 +328,12 @@ def _stored(arrays: dict, key: str, shape: tuple, dtype: np.dtype, path: object)
 def atomic_savez(path: Union[str, os.PathLike], arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` to a temporary file beside ``path``, then rename: a crash leaves the old file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A unique temporary name beside the target (same file system, so the rename is atomic),
+    # also between threads of one process.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())

@@ -19,7 +19,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from . import _core
-from .network import Network, Params, StateLike
+from .network import Network, Params, StateLike, _count, _real
 
 EPVariant = Literal["one-sided", "random-sign", "symmetric"]
 EP_VARIANTS: tuple[str, ...] = ("one-sided", "random-sign", "symmetric")
@@ -71,8 +71,7 @@ def ep_gradient(
     """
     if variant not in EP_VARIANTS:
         raise ValueError(f"variant: expected one of {EP_VARIANTS}, got {variant!r}")
-    if not np.isfinite(beta) or beta == 0:
-        raise ValueError(f"beta: expected a finite non-zero number, got {beta!r}")
+    beta = _nonzero_beta(beta)
 
     def nudged(b: float) -> list[np.ndarray]:
         return net.relax(x, state=free_state, target=target, beta=b, steps=steps, dt=dt, clip=clip)
@@ -81,9 +80,7 @@ def ep_gradient(
         return _difference(net.energy_grad_params(x, nudged(beta)), net.energy_grad_params(x, nudged(-beta)),
                            1.0 / (2.0 * beta))
     if variant == "random-sign":
-        if rng is None:
-            raise ValueError("rng: a numpy Generator is required for variant='random-sign'")
-        beta = beta if rng.random() < 0.5 else -beta
+        beta = _random_sign(beta, rng)
     return _difference(net.energy_grad_params(x, nudged(beta)), net.energy_grad_params(x, free_state), 1.0 / beta)
 
 
@@ -116,18 +113,32 @@ def ep_train_step(
     """
     if variant not in EP_VARIANTS:
         raise ValueError(f"variant: expected one of {EP_VARIANTS}, got {variant!r}")
+    beta = _nonzero_beta(beta)
     if variant == "random-sign":
-        if rng is None:
-            raise ValueError("rng: a numpy Generator is required for variant='random-sign'")
-        beta = beta if rng.random() < 0.5 else -beta
+        beta = _random_sign(beta, rng)
+    if isinstance(learning_rates, (str, bytes)) or not isinstance(learning_rates, (Sequence, np.ndarray)):
+        raise TypeError(f"learning_rates: expected a sequence of {net.layers} numbers, got {learning_rates!r}")
     if clip is None:
         clip = net.activation == "hardsigmoid"
     _core.ep_step(
         *net._net(), net._x(x), state, net._target(target), _steps(free_steps, "free_steps"),
-        _steps(nudged_steps, "nudged_steps"), float(dt), float(beta), bool(clip), variant == "symmetric",
-        [float(v) for v in learning_rates], net.threads,
+        _steps(nudged_steps, "nudged_steps"), _real(dt, "dt"), beta, bool(clip), variant == "symmetric",
+        [_real(v, "learning_rates") for v in learning_rates], net.threads,
     )
     return float(beta)
+
+
+def _nonzero_beta(beta: object) -> float:
+    value = _real(beta, "beta")
+    if not np.isfinite(value) or value == 0:
+        raise ValueError(f"beta: expected a finite non-zero number, got {beta!r}")
+    return value
+
+
+def _random_sign(beta: float, rng: object) -> float:
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: a numpy Generator is required for variant='random-sign', got {rng!r}")
+    return beta if rng.random() < 0.5 else -beta
 
 
 def _scaled(params: Params, scale: float) -> Params:
@@ -175,7 +186,7 @@ def rbp(
     x = net._x(x)
     s0 = net._layers(free_state, "state")
     sbar, total, taken, trajectory = _core.rbp(
-        *net._net(), x, s0, net._target(target), _steps(steps), float(dt), 0.0 if tol is None else float(tol),
+        *net._net(), x, s0, net._target(target), _steps(steps), _real(dt, "dt"), 0.0 if tol is None else _real(tol, "tol"),
         bool(record), net.threads,
     )
     # Thetabar_T = -dt * mixed(s0, sum_{t<T} Sbar_t): the mixed product is linear in its direction.
@@ -208,7 +219,7 @@ def solve_hessian(
         When ``H`` is not positive definite at ``state`` (not a stable fixed point).
     """
     z, iterations, residual = _core.solve_hessian(
-        *net._net(), net._x(x), net._layers(state, "state"), net._layers(rhs, "rhs"), float(beta), float(tol),
+        *net._net(), net._x(x), net._layers(state, "state"), net._layers(rhs, "rhs"), _real(beta, "beta"), _real(tol, "tol"),
         _steps(max_iter, "max_iter"), net.threads,
     )
     return z, SolveInfo(int(iterations), float(residual))
@@ -244,7 +255,8 @@ def bptt_gradient(
         clip = net.activation == "hardsigmoid"
     s = None if state is None else net._layers(state, "state")
     return tuple(
-        _core.bptt(*net._net(), net._x(x), s, net._target(target), _steps(steps), float(dt), bool(clip), net.threads)
+        _core.bptt(*net._net(), net._x(x), s, net._target(target), _steps(steps), _real(dt, "dt"), bool(clip),
+                   net.threads)
     )
 
 
@@ -275,6 +287,11 @@ def fixed_point(
     with every unit strictly inside (0, 1). Float64 is needed for ``tol`` below ~1e-6.
     """
     x = net._x(x)
+    tol = _real(tol, "tol")
+    if not (np.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol: expected a finite number > 0, got {tol!r}")
+    max_euler_steps = _count(max_euler_steps, "max_euler_steps")
+    max_newton_steps = _count(max_newton_steps, "max_newton_steps")
     relaxed = net.relax(x, state=state, steps=max_euler_steps, dt=dt, clip=False, tol=min(1e-6, 1e3 * tol))
     s = list(relaxed)
     newton = 0
@@ -290,6 +307,4 @@ def fixed_point(
 
 
 def _steps(value: object, name: str = "steps") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-    return int(value)
+    return _count(value, name)

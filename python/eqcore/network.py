@@ -111,6 +111,10 @@ class Network:
         seed: int = 0,
         threads: Optional[int] = None,
     ) -> None:
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (Sequence, np.ndarray)) or np.ndim(sizes) != 1:
+            raise TypeError(f"sizes: expected a sequence of layer sizes like [784, 500, 10], got {sizes!r}")
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in sizes):
+            raise TypeError(f"sizes: expected integers, got {list(sizes)!r}")
         sizes = [int(n) for n in sizes]
         if len(sizes) < 2:
             raise ValueError(f"sizes: expected at least 2 layer sizes (input and output), got {sizes}")
@@ -118,8 +122,14 @@ class Network:
             raise ValueError(f"sizes: every layer size must be >= 1, got {sizes}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation: expected one of {_ACTIVATIONS}, got {activation!r}")
-        if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        try:
+            valid = np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+        except TypeError:
+            valid = False
+        if not valid:
             raise TypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
         self.sizes: list[int] = sizes
         self.activation: Activation = activation
         self.dtype: np.dtype = np.dtype(dtype)
@@ -145,8 +155,8 @@ class Network:
 
     @threads.setter
     def threads(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"threads: expected an integer >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= 2**16:
+            raise ValueError(f"threads: expected an integer in [1, 65536], got {value!r}")
         self._threads = int(value)
 
     def __repr__(self) -> str:
@@ -228,8 +238,8 @@ class Network:
         if clip is None:
             clip = self.activation == "hardsigmoid"
         layers, taken, trajectory = _core.relax(
-            *self._net(), x, s0, self._target(target), float(beta), _count(steps, "steps"),
-            float(dt), bool(clip), 0.0 if tol is None else float(tol), bool(record), self.threads,
+            *self._net(), x, s0, self._target(target), _real(beta, "beta"), _count(steps, "steps"),
+            _real(dt, "dt"), bool(clip), 0.0 if tol is None else _real(tol, "tol"), bool(record), self.threads,
         )
         return Relaxation(layers, taken, trajectory)
 
@@ -247,7 +257,7 @@ class Network:
     ) -> list[np.ndarray]:
         """``dE^beta/ds`` per example: a list like the state."""
         return _core.energy_grad_state(
-            *self._net(), self._x(x), self._layers(state, "state"), self._target(target), float(beta), self.threads
+            *self._net(), self._x(x), self._layers(state, "state"), self._target(target), _real(beta, "beta"), self.threads
         )
 
     def energy_grad_params(self, x: np.ndarray, state: StateLike) -> Params:
@@ -257,7 +267,7 @@ class Network:
     def hvp(self, x: np.ndarray, state: StateLike, v: StateLike, beta: float = 0.0) -> list[np.ndarray]:
         """Hessian-vector product ``(d2E^beta/ds2) v`` per example: a list like the state."""
         return _core.hvp(
-            *self._net(), self._x(x), self._layers(state, "state"), self._layers(v, "v"), float(beta), self.threads
+            *self._net(), self._x(x), self._layers(state, "state"), self._layers(v, "v"), _real(beta, "beta"), self.threads
         )
 
     def mixed_hvp(self, x: np.ndarray, state: StateLike, v: StateLike) -> Params:
@@ -309,9 +319,17 @@ class Network:
 
 
 def _count(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    """A step or iteration count: an integer in [0, 2**62] (the kernel's index range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 2**62:
+        raise ValueError(f"{name}: expected an integer in [0, 2**62], got {value!r}")
     return int(value)
+
+
+def _real(value: object, name: str) -> float:
+    """A real scalar argument as a Python float, or a TypeError naming the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    return float(value)
 
 
 def _stored(arrays: dict, key: str, shape: tuple, dtype: np.dtype, path: object) -> np.ndarray:

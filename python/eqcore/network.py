@@ -363,6 +363,8 @@ def atomic_savez(path: Union[str, os.PathLike], arrays: dict[str, np.ndarray]) -
 
 def read_npz(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz`` file, refusing pickled (object) arrays and damaged files."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path: expected a file path, got {type(path).__name__} {path!r}")
     try:
         # Open the file ourselves: np.load leaks its handle when the zip is damaged.
         with open(path, "rb") as f:
@@ -371,7 +373,9 @@ def read_npz(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
                 raise ValueError(f"{path}: not an .npz archive (a single .npy array or other file)")
             with data:
                 return {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, EOFError, OSError) as err:
+    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as err:
+        # zipfile raises NotImplementedError for an unknown compression method and RuntimeError
+        # for an "encrypted" entry: both mean a damaged or foreign file here.
         raise ValueError(f"{path}: not a readable .npz file ({err})") from err
     except ValueError as err:  # numpy refuses object arrays when allow_pickle=False
         raise ValueError(f"{path}: refused ({err})") from err

@@ -136,21 +136,24 @@ struct Model {
       require_finite<T>(keep[static_cast<std::size_t>(2 * k + 1)], "biases[" + std::to_string(k) + "]");
     }
   }
-  void require_finite_param_shaped(const eqcore::LayerPtrs<T>& gW, const eqcore::LayerPtrs<T>& gb) const {
+  // A non-finite result from finite inputs: a non-finite parameter (named), else an overflow.
+  [[noreturn]] void non_finite_result(const std::string& what) const {
+    require_finite_parameters();
+    throw std::overflow_error(what + ": the result overflowed " + dtype_name<T>() +
+                              " (inputs, state or parameters too large for this dtype); scale them down or use float64");
+  }
+  void require_finite_param_shaped(const eqcore::LayerPtrs<T>& gW, const eqcore::LayerPtrs<T>& gb,
+                                   const std::string& what) const {
     for (int k = 0; k < layers(); ++k)
       if (!eqcore::ConstMatrixMap<T>(gW[static_cast<std::size_t>(k)], size(k), size(k + 1)).allFinite() ||
-          !eqcore::ConstMatrixMap<T>(gb[static_cast<std::size_t>(k)], 1, size(k + 1)).allFinite()) {
-        require_finite_parameters();
-        return;
-      }
+          !eqcore::ConstMatrixMap<T>(gb[static_cast<std::size_t>(k)], 1, size(k + 1)).allFinite())
+        non_finite_result(what);
   }
   template <class Ptrs>
-  void require_finite_results(const Ptrs& layers_out, Index B) const {
+  void require_finite_results(const Ptrs& layers_out, Index B, const std::string& what) const {
     for (int k = 1; k <= layers(); ++k)
-      if (!eqcore::ConstMatrixMap<T>(layers_out[static_cast<std::size_t>(k - 1)], B, size(k)).allFinite()) {
-        require_finite_parameters();
-        return;
-      }
+      if (!eqcore::ConstMatrixMap<T>(layers_out[static_cast<std::size_t>(k - 1)], B, size(k)).allFinite())
+        non_finite_result(what);
   }
 
   // x: (B, n_0), finite; returns B.
@@ -171,7 +174,9 @@ struct Model {
     return out;
   }
 
-  // A list of per-layer arrays (B, n_k), k = 1..L.
+  Index last_batch = 0;  // B of the last layers_of call (B < 0 there: taken from its first array)
+
+  // A list of per-layer arrays (B, n_k), k = 1..L; B < 0: any batch size, the same for all.
   eqcore::ConstLayerPtrs<T> layers_of(py::handle obj, const std::string& name, Index B, bool writable = false) {
     if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::array>(obj))
       throw py::type_error(name + ": expected a list of " + std::to_string(layers()) + " arrays (one per layer 1..L)");
@@ -184,9 +189,11 @@ struct Model {
       auto a = checked_array<T>(seq[static_cast<std::size_t>(k - 1)], name + "[" + std::to_string(k - 1) + "]", {B, size(k)},
                                 writable);
       require_finite<T>(a, name + "[" + std::to_string(k - 1) + "]");
+      if (B < 0) B = a.shape(0);
       out.push_back(static_cast<const T*>(a.data()));
       keep.push_back(a);
     }
+    last_batch = B;
     return out;
   }
 
@@ -231,14 +238,41 @@ Index check_steps(Index steps) {
   return steps;
 }
 
-double check_dt(double dt) {
-  if (!(dt > 0) || !std::isfinite(dt)) throw py::value_error("dt: expected a finite number > 0, got " + std::to_string(dt));
-  return dt;
+std::string number(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+// A double argument as the kernel's T. A finite value that T cannot hold (float32 ends at
+// ~3.4e38) or a non-zero one that T rounds to 0 would silently change the computation: both
+// are refused, naming the argument.
+template <class T>
+T narrow(double v, const std::string& name, bool keep_nonzero) {
+  const T t = static_cast<T>(v);
+  if (std::isfinite(v) && !std::isfinite(t))
+    throw py::value_error(name + ": " + number(v) + " is outside the range of " + dtype_name<T>() +
+                          " (the network's dtype)");
+  if (keep_nonzero && v != 0 && t == 0)
+    throw py::value_error(name + ": " + number(v) + " rounds to 0 in " + dtype_name<T>() + " (the network's dtype)");
+  return t;
+}
+
+template <class T>
+T check_dt(double dt) {
+  if (!(dt > 0) || !std::isfinite(dt)) throw py::value_error("dt: expected a finite number > 0, got " + number(dt));
+  return narrow<T>(dt, "dt", true);
 }
 
 double check_tol(double tol) {
-  if (!(tol >= 0) || !std::isfinite(tol)) throw py::value_error("tol: expected a finite number >= 0, got " + std::to_string(tol));
+  if (!(tol >= 0) || !std::isfinite(tol)) throw py::value_error("tol: expected a finite number >= 0, got " + number(tol));
   return tol;
+}
+
+template <class T>
+T check_beta(double beta) {
+  if (!std::isfinite(beta)) throw py::value_error("beta: expected a finite number, got " + number(beta));
+  return narrow<T>(beta, "beta", true);
 }
 
 void throw_divergence(const eqcore::RelaxResult& res, Index steps, double dt, double beta) {
@@ -274,11 +308,6 @@ py::list cut_trajectory(const py::list& full, Index count) {
   return out;
 }
 
-double check_beta(double beta) {
-  if (!std::isfinite(beta)) throw py::value_error("beta: expected a finite number, got " + std::to_string(beta));
-  return beta;
-}
-
 // Calls f(T{}) with T the dtype of the first weight (float or double).
 template <class F>
 py::object dispatch(const py::sequence& weights, F&& f) {
@@ -302,9 +331,9 @@ py::object relax(const Sizes& sizes, const std::string& activation, const py::se
     auto xa = m.input(x);
     const Index B = m.batch(xa);
     check_steps(steps);
-    check_dt(dt);
+    const T tdt = check_dt<T>(dt);
     check_tol(tol);
-    check_beta(beta);
+    const T tb = beta == 0 ? T(0) : check_beta<T>(beta);
     const T* y = nullptr;
     if (!target.is_none()) y = m.target(target, B);
     if (beta != 0 && y == nullptr) throw py::value_error("target: required when beta != 0");
@@ -323,8 +352,8 @@ py::object relax(const Sizes& sizes, const std::string& activation, const py::se
     if (record) trajectory = new_trajectory<T>(m, steps, B, traj);
     eqcore::RelaxOptions<T> opt;
     opt.steps = steps;
-    opt.dt = static_cast<T>(dt);
-    opt.beta = static_cast<T>(beta);
+    opt.dt = tdt;
+    opt.beta = tb;
     opt.clip = clip;
     opt.tol = static_cast<T>(tol);
     opt.threads = check_threads(threads);
@@ -358,22 +387,23 @@ py::object energy(const Sizes& sizes, const std::string& activation, const py::s
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
       eqcore::energy(m.net, static_cast<const T*>(xa.data()), B, s, o, threads);
     }
-    if (!Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(o, B).allFinite()) m.require_finite_parameters();
+    if (!Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(o, B).allFinite()) m.non_finite_result("energy");
     return out;
   });
 }
 
 py::object cost(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
-                const py::sequence& biases, py::handle output, py::handle target) {
+                const py::sequence& biases, py::handle state, py::handle target) {
   return dispatch(weights, [&](auto tag) -> py::object {
     using T = decltype(tag);
     Model<T> m(sizes, activation, weights, biases);
-    auto s = checked_array<T>(output, "state[-1]", {-1, m.size(m.layers())});
-    require_finite<T>(s, "state[-1]");
-    const Index B = s.shape(0);
+    auto s = m.layers_of(state, "state", -1);  // every layer is checked, though only s_L is read
+    const Index B = m.last_batch;
     const T* y = m.target(target, B);
     py::array_t<T> out(B);
-    eqcore::cost(B, m.size(m.layers()), static_cast<const T*>(s.data()), y, out.mutable_data());
+    T* o = out.mutable_data();
+    eqcore::cost(B, m.size(m.layers()), s.back(), y, o);
+    if (!Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(o, B).allFinite()) m.non_finite_result("cost");
     return out;
   });
 }
@@ -387,7 +417,7 @@ py::object energy_grad_state(const Sizes& sizes, const std::string& activation, 
     auto xa = m.input(x);
     const Index B = m.batch(xa);
     auto s = m.layers_of(state, "state", B);
-    check_beta(beta);
+    const T tb = beta == 0 ? T(0) : check_beta<T>(beta);
     const T* y = target.is_none() ? nullptr : m.target(target, B);
     if (beta != 0 && y == nullptr) throw py::value_error("target: required when beta != 0");
     eqcore::LayerPtrs<T> g;
@@ -395,9 +425,9 @@ py::object energy_grad_state(const Sizes& sizes, const std::string& activation, 
     check_threads(threads);
     {
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
-      eqcore::energy_grad_state(m.net, static_cast<const T*>(xa.data()), B, s, y, static_cast<T>(beta), g, threads);
+      eqcore::energy_grad_state(m.net, static_cast<const T*>(xa.data()), B, s, y, tb, g, threads);
     }
-    m.require_finite_results(g, B);
+    m.require_finite_results(g, B, "energy_grad_state");
     return out;
   });
 }
@@ -417,7 +447,7 @@ py::object energy_grad_params(const Sizes& sizes, const std::string& activation,
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
       eqcore::energy_grad_params(m.net, static_cast<const T*>(xa.data()), B, s, gW, gb, threads);
     }
-    m.require_finite_param_shaped(gW, gb);
+    m.require_finite_param_shaped(gW, gb, "energy_grad_params");
     return out;
   });
 }
@@ -431,15 +461,15 @@ py::object hvp(const Sizes& sizes, const std::string& activation, const py::sequ
     const Index B = m.batch(xa);
     auto s = m.layers_of(state, "state", B);
     auto va = m.layers_of(v, "v", B);
-    check_beta(beta);
+    const T tb = beta == 0 ? T(0) : check_beta<T>(beta);
     eqcore::LayerPtrs<T> h;
     py::list out = m.new_layers(B, h);
     check_threads(threads);
     {
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
-      eqcore::hvp(m.net, static_cast<const T*>(xa.data()), B, s, va, static_cast<T>(beta), h, threads);
+      eqcore::hvp(m.net, static_cast<const T*>(xa.data()), B, s, va, tb, h, threads);
     }
-    m.require_finite_results(h, B);
+    m.require_finite_results(h, B, "hvp");
     return out;
   });
 }
@@ -460,7 +490,7 @@ py::object mixed_hvp(const Sizes& sizes, const std::string& activation, const py
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
       eqcore::mixed_hvp(m.net, static_cast<const T*>(xa.data()), B, s, va, gW, gb, threads);
     }
-    m.require_finite_param_shaped(gW, gb);
+    m.require_finite_param_shaped(gW, gb, "mixed_hvp");
     return out;
   });
 }
@@ -476,7 +506,7 @@ py::object rbp(const Sizes& sizes, const std::string& activation, const py::sequ
     auto s0 = m.layers_of(state, "state", B);
     const T* y = m.target(target, B);
     check_steps(steps);
-    check_dt(dt);
+    const T tdt = check_dt<T>(dt);
     check_tol(tol);
     check_threads(threads);
     eqcore::LayerPtrs<T> sbar, sum, traj;
@@ -485,7 +515,7 @@ py::object rbp(const Sizes& sizes, const std::string& activation, const py::sequ
     eqcore::RbpResult res;
     {
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and the outputs
-      res = eqcore::rbp(m.net, static_cast<const T*>(xa.data()), B, s0, y, steps, static_cast<T>(dt),
+      res = eqcore::rbp(m.net, static_cast<const T*>(xa.data()), B, s0, y, steps, tdt,
                         static_cast<T>(tol), sbar, sum, traj, threads);
     }
     if (res.status == eqcore::Status::Diverged) {
@@ -511,8 +541,8 @@ py::object solve_hessian(const Sizes& sizes, const std::string& activation, cons
     const Index B = m.batch(xa);
     auto s = m.layers_of(state, "state", B);
     auto b = m.layers_of(rhs, "rhs", B);
-    check_beta(beta);
-    if (!(tol > 0) || !std::isfinite(tol)) throw py::value_error("tol: expected a finite number > 0, got " + std::to_string(tol));
+    const T tb = beta == 0 ? T(0) : check_beta<T>(beta);
+    if (!(tol > 0) || !std::isfinite(tol)) throw py::value_error("tol: expected a finite number > 0, got " + number(tol));
     if (max_iter < 1) throw py::value_error("max_iter: expected an integer >= 1, got " + std::to_string(max_iter));
     check_threads(threads);
     eqcore::LayerPtrs<T> z;
@@ -520,7 +550,7 @@ py::object solve_hessian(const Sizes& sizes, const std::string& activation, cons
     eqcore::SolveResult res;
     {
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
-      res = eqcore::solve_hessian(m.net, static_cast<const T*>(xa.data()), B, s, b, static_cast<T>(beta),
+      res = eqcore::solve_hessian(m.net, static_cast<const T*>(xa.data()), B, s, b, tb,
                                   static_cast<T>(tol), max_iter, z, threads);
     }
     if (!res.positive_definite)
@@ -541,7 +571,7 @@ py::object bptt(const Sizes& sizes, const std::string& activation, const py::seq
     const Index B = m.batch(xa);
     const T* y = m.target(target, B);
     check_steps(steps);
-    check_dt(dt);
+    const T tdt = check_dt<T>(dt);
     check_threads(threads);
     std::vector<eqcore::Matrix<T>> zeros;
     eqcore::ConstLayerPtrs<T> s;
@@ -556,7 +586,7 @@ py::object bptt(const Sizes& sizes, const std::string& activation, const py::seq
     eqcore::RelaxResult res;
     {
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m, zeros and out
-      res = eqcore::bptt(m.net, static_cast<const T*>(xa.data()), B, s, y, steps, static_cast<T>(dt), clip, gW, gb,
+      res = eqcore::bptt(m.net, static_cast<const T*>(xa.data()), B, s, y, steps, tdt, clip, gW, gb,
                          threads);
     }
     if (res.status == eqcore::Status::Diverged) {
@@ -580,22 +610,28 @@ py::object ep_step(const Sizes& sizes, const std::string& activation, const py::
     const T* y = m.target(target, B);
     check_steps(free_steps);
     check_steps(nudged_steps);
-    check_dt(dt);
-    check_beta(beta);
+    const T tdt = check_dt<T>(dt);
     if (beta == 0) throw py::value_error("beta: expected a non-zero number, got 0");
+    const T tb = check_beta<T>(beta);
+    // The update divides by beta: its reciprocal must exist in T too (|beta| >= ~3e-39 in float32).
+    if (!std::isfinite(T(1) / tb))
+      throw py::value_error("beta: " + number(beta) + " is too small for " + dtype_name<T>() + " (1/beta overflows)");
     if (learning_rates.size() != static_cast<std::size_t>(m.layers()))
       throw py::value_error("learning_rates: expected " + std::to_string(m.layers()) + " values (one per weight matrix), got " +
                             std::to_string(learning_rates.size()));
-    for (double lr : learning_rates)
-      if (!std::isfinite(lr)) throw py::value_error("learning_rates: expected finite numbers");
     eqcore::EpStepOptions<T> opt;
+    for (double lr : learning_rates) {
+      if (!std::isfinite(lr)) throw py::value_error("learning_rates: expected finite numbers, got " + number(lr));
+      opt.learning_rates.push_back(narrow<T>(lr, "learning_rates", false));
+      if (!std::isfinite(static_cast<T>(lr / std::abs(beta))))
+        throw py::value_error("learning_rates: " + number(lr) + " / |beta| overflows " + dtype_name<T>());
+    }
     opt.free_steps = free_steps;
     opt.nudged_steps = nudged_steps;
-    opt.dt = static_cast<T>(dt);
-    opt.beta = static_cast<T>(beta);
+    opt.dt = tdt;
+    opt.beta = tb;
     opt.clip = clip;
     opt.symmetric = symmetric;
-    opt.learning_rates.assign(learning_rates.begin(), learning_rates.end());
     opt.threads = check_threads(threads);
     eqcore::RelaxResult res;
     {
@@ -626,7 +662,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("energy", &energy, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
         py::arg("x"), py::arg("state"), py::arg("threads"), "Energy per example, shape (B,).");
   m.def("cost", &cost, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
-        py::arg("output"), py::arg("target"), "Cost 1/2 |s_L - y|^2 per example, shape (B,).");
+        py::arg("state"), py::arg("target"), "Cost 1/2 |s_L - y|^2 per example, shape (B,).");
   m.def("energy_grad_state", &energy_grad_state, py::arg("sizes"), py::arg("activation"), py::arg("weights"),
         py::arg("biases"), py::arg("x"), py::arg("state"), py::arg("target"), py::arg("beta"), py::arg("threads"),
         "dE^beta/ds per example, a list like the state.");

@@ -36,11 +36,6 @@ class SolveInfo:
     residual: float
 
 
-def _difference(a: Params, b: Params, scale: float) -> Params:
-    """scale * (a - b), parameter-wise."""
-    return tuple([scale * (p - q) for p, q in zip(pa, pb)] for pa, pb in zip(a, b))  # type: ignore[return-value]
-
-
 def ep_gradient(
     net: Network,
     x: np.ndarray,
@@ -71,7 +66,7 @@ def ep_gradient(
     """
     if variant not in EP_VARIANTS:
         raise ValueError(f"variant: expected one of {EP_VARIANTS}, got {variant!r}")
-    beta = _nonzero_beta(beta)
+    beta = _nonzero_beta(beta, net.dtype)
 
     def nudged(b: float) -> list[np.ndarray]:
         return net.relax(x, state=free_state, target=target, beta=b, steps=steps, dt=dt, clip=clip)
@@ -82,6 +77,16 @@ def ep_gradient(
     if variant == "random-sign":
         beta = _random_sign(beta, rng)
     return _difference(net.energy_grad_params(x, nudged(beta)), net.energy_grad_params(x, free_state), 1.0 / beta)
+
+
+def _difference(a: Params, b: Params, scale: float) -> Params:
+    """scale * (a - b), parameter-wise; an overflow (scale = 1/beta, beta tiny) is an error."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = tuple([scale * (p - q) for p, q in zip(pa, pb)] for pa, pb in zip(a, b))
+    if not all(np.isfinite(p).all() for group in out for p in group):
+        raise OverflowError(f"ep_gradient: (dE/dtheta(s^beta) - dE/dtheta(s0)) / beta overflowed "
+                            f"{out[0][0].dtype}: beta is too small (1/beta = {scale:.3g})")
+    return out  # type: ignore[return-value]
 
 
 def ep_train_step(
@@ -128,10 +133,13 @@ def ep_train_step(
     return float(beta)
 
 
-def _nonzero_beta(beta: object) -> float:
+def _nonzero_beta(beta: object, dtype: Optional[np.dtype] = None) -> float:
     value = _real(beta, "beta")
     if not np.isfinite(value) or value == 0:
         raise ValueError(f"beta: expected a finite non-zero number, got {beta!r}")
+    if dtype is not None and abs(value) < np.finfo(dtype).tiny:  # 1/beta would overflow dtype
+        raise ValueError(f"beta: {value!r} is too small for {np.dtype(dtype).name} (|beta| >= "
+                         f"{np.finfo(dtype).tiny:.3g} needed)")
     return value
 
 
@@ -235,6 +243,8 @@ def implicit_gradient(
     max_iter: int = 1000,
 ) -> Params:
     """The exact gradient by implicit differentiation: ``-(d2E/dtheta ds) H^{-1} dC/ds`` at ``s0``."""
+    x, free_state, target = net._x(x), net._layers(free_state, "free_state"), net._target(target)
+    net.cost(free_state, target)  # checks every layer and the target (shapes, NaN) before numpy uses them
     z, _ = solve_hessian(net, x, free_state, _output_error(net, free_state, target), tol=tol, max_iter=max_iter)
     return _scaled(net.mixed_hvp(x, free_state, z), -1.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -122,8 +123,8 @@ class Network:
             raise ValueError(f"sizes: every layer size must be >= 1, got {sizes}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation: expected one of {_ACTIVATIONS}, got {activation!r}")
-        try:
-            valid = np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+        try:  # np.dtype(None) is float64: None is refused, not read as a default
+            valid = dtype is not None and np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
         except TypeError:
             valid = False
         if not valid:
@@ -249,8 +250,7 @@ class Network:
 
     def cost(self, state: StateLike, target: np.ndarray) -> np.ndarray:
         """Cost ``C(s) = 1/2 |s_L - y|^2`` per example, shape ``(B,)``."""
-        layers = self._layers(state, "state")
-        return _core.cost(*self._net(), layers[-1], self._target(target))
+        return _core.cost(*self._net(), self._layers(state, "state"), self._target(target))
 
     def energy_grad_state(
         self, x: np.ndarray, state: StateLike, target: Optional[np.ndarray] = None, beta: float = 0.0
@@ -302,10 +302,7 @@ class Network:
     def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None) -> "Network":
         """Read a network written by :meth:`save`; never unpickles anything."""
         arrays = read_npz(path)
-        for key in ("format_version", "sizes", "activation"):
-            if key not in arrays:
-                raise ValueError(f"{path}: not an eqcore network file (missing '{key}')")
-        sizes = [int(n) for n in arrays["sizes"]]
+        sizes, activation = _file_header(arrays, path)
         dtype = arrays.get("W0", np.empty(0, np.float32)).dtype
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"{path}: W0 has dtype {dtype}, expected float32 or float64")
@@ -313,9 +310,32 @@ class Network:
         # file claiming huge sizes fails here instead of allocating them.
         weights = [_stored(arrays, f"W{k}", (sizes[k], sizes[k + 1]), dtype, path) for k in range(len(sizes) - 1)]
         biases = [_stored(arrays, f"b{k}", (sizes[k],), dtype, path) for k in range(1, len(sizes))]
-        net = cls(sizes, activation=str(arrays["activation"]), dtype=dtype.name, threads=threads)
+        # Parameters beyond the claimed sizes mean the file contradicts itself (other arrays, such as
+        # notes another program added, are ignored).
+        expected = {f"W{k}" for k in range(len(sizes) - 1)} | {f"b{k}" for k in range(1, len(sizes))}
+        unexpected = sorted(k for k in arrays if re.fullmatch(r"[Wb]\d+", k) and k not in expected)
+        if unexpected:
+            raise ValueError(f"{path}: parameters {unexpected} do not belong to the {'-'.join(map(str, sizes))} "
+                             "network its 'sizes' describe")
+        net = cls(sizes, activation=activation, dtype=dtype.name, threads=threads)
         net.weights, net.biases = weights, biases
         return net
+
+
+def _file_header(arrays: dict[str, np.ndarray], path: object) -> tuple[list[int], Activation]:
+    """The validated ``sizes`` and ``activation`` of a network file; errors name the file."""
+    for key in ("format_version", "sizes", "activation"):
+        if key not in arrays:
+            raise ValueError(f"{path}: not an eqcore network file (missing '{key}')")
+    version, sizes, activation = arrays["format_version"], arrays["sizes"], arrays["activation"]
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != _FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r} is not {_FORMAT_VERSION}, the one this eqcore reads")
+    if sizes.ndim != 1 or sizes.dtype.kind not in "iu" or len(sizes) < 2 or (sizes < 1).any():
+        raise ValueError(f"{path}: 'sizes' must be a list of at least 2 integers >= 1, got {sizes.tolist()!r} "
+                         f"(dtype {sizes.dtype})")
+    if activation.shape != () or activation.dtype.kind != "U" or str(activation) not in _ACTIVATIONS:
+        raise ValueError(f"{path}: 'activation' must be one of {_ACTIVATIONS}, got {activation.tolist()!r}")
+    return [int(n) for n in sizes], str(activation)  # type: ignore[return-value]
 
 
 def _count(value: object, name: str) -> int:

@@ -434,6 +434,7 @@ GOOD_BETA = st.one_of(finite_floats(-10, 10), st.sampled_from([0.0, 0, 1, 0.5, -
 GOOD_TOL = st.one_of(st.none(), finite_floats(1e-8, 1.0), st.sampled_from([0.0, 1e-300]))
 BAD_TOL = [-1e-3, -1.0] + NOT_FINITE
 GOOD_CLIP = st.sampled_from([None, True, False, np.True_, np.False_])
+BAD_FLAGS = ["no", "", 1, 0.0, [True], np.array([True, False])]
 
 
 # Value scales to draw from. 'huge' inputs overflow float32 results (their squares or products pass
@@ -557,7 +558,7 @@ def assert_close(got, ref, scale, net, what):
 def check_relax(data) -> None:
     net = data.draw(networks(), label="net")
     B = data.draw(BATCHES, label="B")
-    bad = bad_choice(data, ["x", "state", "target", "beta", "steps", "dt", "tol"])
+    bad = bad_choice(data, ["x", "state", "target", "beta", "steps", "dt", "tol", "clip", "record"])
     g = Gen(data, net, B, MAGNITUDES, bad)
     x = g.x()
     state = None if (bad != "state" and g.draw(st.booleans(), "zero start")) else g.layers("state")
@@ -574,8 +575,8 @@ def check_relax(data) -> None:
     steps = g.scalar("steps", GOOD_STEPS, BAD_COUNTS)
     dt = g.scalar("dt", GOOD_DT, BAD_DT)
     tol = g.scalar("tol", GOOD_TOL, BAD_TOL)
-    clip = g.draw(GOOD_CLIP, "clip")
-    record = g.draw(st.booleans(), "record")
+    clip = g.scalar("clip", GOOD_CLIP, BAD_FLAGS)
+    record = g.scalar("record", st.booleans(), BAD_FLAGS)
     kwargs = dict(state=state, target=target, beta=beta, steps=steps, dt=dt, clip=clip, tol=tol, record=record)
     before = snapshot([x, state, target])
     res = outcome(g.fault, lambda: net.relax(x, **kwargs))

@@ -19,7 +19,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from . import _core
-from .network import Network, Params, StateLike, _count, _real
+from .network import Network, Params, StateLike, _count, _flag, _real
 
 EPVariant = Literal["one-sided", "random-sign", "symmetric"]
 EP_VARIANTS: tuple[str, ...] = ("one-sided", "random-sign", "symmetric")
@@ -127,7 +127,7 @@ def ep_train_step(
         clip = net.activation == "hardsigmoid"
     _core.ep_step(
         *net._net(), net._x(x), state, net._target(target), _steps(free_steps, "free_steps"),
-        _steps(nudged_steps, "nudged_steps"), _real(dt, "dt"), beta, bool(clip), variant == "symmetric",
+        _steps(nudged_steps, "nudged_steps"), _real(dt, "dt"), beta, _flag(clip, "clip"), variant == "symmetric",
         [_real(v, "learning_rates") for v in learning_rates], net.threads,
     )
     return float(beta)
@@ -195,7 +195,7 @@ def rbp(
     s0 = net._layers(free_state, "state")
     sbar, total, taken, trajectory = _core.rbp(
         *net._net(), x, s0, net._target(target), _steps(steps), _real(dt, "dt"), 0.0 if tol is None else _real(tol, "tol"),
-        bool(record), net.threads,
+        _flag(record, "record"), net.threads,
     )
     # Thetabar_T = -dt * mixed(s0, sum_{t<T} Sbar_t): the mixed product is linear in its direction.
     gradient = _scaled(net.mixed_hvp(x, s0, total), -float(dt))
@@ -265,7 +265,7 @@ def bptt_gradient(
         clip = net.activation == "hardsigmoid"
     s = None if state is None else net._layers(state, "state")
     return tuple(
-        _core.bptt(*net._net(), net._x(x), s, net._target(target), _steps(steps), _real(dt, "dt"), bool(clip),
+        _core.bptt(*net._net(), net._x(x), s, net._target(target), _steps(steps), _real(dt, "dt"), _flag(clip, "clip"),
                    net.threads)
     )
 

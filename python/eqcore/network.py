@@ -8,7 +8,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import IO, Callable, Literal, Optional, Union
 
 import numpy as np
 
@@ -240,7 +240,8 @@ class Network:
             clip = self.activation == "hardsigmoid"
         layers, taken, trajectory = _core.relax(
             *self._net(), x, s0, self._target(target), _real(beta, "beta"), _count(steps, "steps"),
-            _real(dt, "dt"), bool(clip), 0.0 if tol is None else _real(tol, "tol"), bool(record), self.threads,
+            _real(dt, "dt"), _flag(clip, "clip"), 0.0 if tol is None else _real(tol, "tol"), _flag(record, "record"),
+            self.threads,
         )
         return Relaxation(layers, taken, trajectory)
 
@@ -345,6 +346,13 @@ def _count(value: object, name: str) -> int:
     return int(value)
 
 
+def _flag(value: object, name: str) -> bool:
+    """A yes/no argument: a bool (or numpy bool); anything else, such as the string "no", is refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def _real(value: object, name: str) -> float:
     """A real scalar argument as a Python float, or a TypeError naming the argument."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -363,8 +371,9 @@ def _stored(arrays: dict, key: str, shape: tuple, dtype: np.dtype, path: object)
     return np.array(a, dtype=dtype, order="C")  # a writable copy we own
 
 
-def atomic_savez(path: Union[str, os.PathLike], arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a temporary file beside ``path``, then rename: a crash leaves the old file."""
+def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[bytes]], None]) -> None:
+    """``write(f)`` into a temporary file beside ``path``, flushed to disk, then renamed over it:
+    a crash or SIGKILL at any point leaves either the old file or the new one, never a mix."""
     path = Path(path)
     # A unique temporary name beside the target (same file system, so the rename is atomic),
     # also between threads of one process.
@@ -372,13 +381,32 @@ def atomic_savez(path: Union[str, os.PathLike], arrays: dict[str, np.ndarray]) -
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    _fsync_directory(path.parent)  # makes the rename itself survive a power loss
+
+
+def _fsync_directory(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_savez(path: Union[str, os.PathLike], arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` written atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_npz(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:

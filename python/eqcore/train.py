@@ -55,7 +55,7 @@ import numpy as np
 
 from . import algorithms, data
 from ._core import DivergenceError
-from .network import Network, atomic_savez, read_npz
+from .network import Network, atomic_savez, atomic_write, read_npz
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -816,13 +816,7 @@ def _jsonl(metrics: dict[str, Any]) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _summary(m: dict[str, Any], epochs: int) -> str:

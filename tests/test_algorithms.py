@@ -191,12 +191,15 @@ def test_check_command_prints_table_and_writes_figure(tmp_path, capsys):
 
 @pytest.mark.parametrize("activation", ["hardsigmoid", "sigmoid"])
 @pytest.mark.parametrize("variant", ["one-sided", "symmetric"])
-def test_fused_ep_train_step_equals_relax_gradient_update(activation, variant, rng):
-    """The single-call training step = free relax + ep_gradient + SGD update, to rounding."""
+@pytest.mark.parametrize("inputs", ["dense", "sparse"])
+def test_fused_ep_train_step_equals_relax_gradient_update(activation, variant, inputs, rng):
+    """The single-call training step = free relax + ep_gradient + SGD update, to rounding (sparse
+    inputs: the fused step's W_0 update walks the non-zeros, ep_gradient's is a dense GEMM)."""
     fused = random_net([30, 20, 15, 10], activation, seed=2)
     fused.threads = 2
     ref = random_net([30, 20, 15, 10], activation, seed=2)
-    x, y = rng.random((37, 30)), np.eye(10)[rng.integers(0, 10, 37)]
+    x = rng.random((37, 30)) * (rng.random((37, 30)) < (0.2 if inputs == "sparse" else 2))
+    y = np.eye(10)[rng.integers(0, 10, 37)]
     state = [rng.random((37, n)) for n in fused.sizes[1:]]
     start = [a.copy() for a in state]
     lrs = [0.1, 0.05, 0.02]

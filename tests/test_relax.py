@@ -22,11 +22,25 @@ def _euler_reference(net, x, state, steps, dt, clip, beta=0.0, y=None):
     return s
 
 
+def sparse_rows(rng, shape, density=0.2):
+    """Inputs like images: mostly exact zeros (the kernel's sparse input path)."""
+    return rng.random(shape) * (rng.random(shape) < density)
+
+
+# The kernel picks its products by shape: layers of <= 16 units use packed thin products, wider
+# ones GEMMs, and inputs with at most half non-zeros the sparse input drive and update.
+SHAPES = {"thin layers": ([6, 5, 4, 3], False), "wide and thin layers": ([40, 30, 20, 12], False),
+          "sparse input": ([40, 30, 20, 12], True)}
+
+
 @pytest.mark.parametrize("activation,clip", [("hardsigmoid", True), ("hardsigmoid", False), ("sigmoid", False)])
 @pytest.mark.parametrize("beta", [0.0, 0.5])
-def test_relax_equals_synchronous_euler_steps(activation, clip, beta, rng):
-    net = random_net([6, 5, 4, 3], activation)
-    x, y = rng.random((7, 6)), rng.random((7, 3))
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_relax_equals_synchronous_euler_steps(activation, clip, beta, shape, rng):
+    sizes, sparse = SHAPES[shape]
+    net = random_net(sizes, activation)
+    x = sparse_rows(rng, (7, sizes[0])) if sparse else rng.random((7, sizes[0]))
+    y = rng.random((7, sizes[-1]))
     s0 = [rng.random((7, n)) for n in net.sizes[1:]]
     out = net.relax(x, state=s0, target=y, beta=beta, steps=13, dt=0.3, clip=clip)
     expected = _euler_reference(net, x, s0, 13, 0.3, clip, beta, y)

@@ -26,9 +26,23 @@ struct HardSigmoid {
     using T = typename A::Scalar;
     return s.cwiseMax(T(0)).cwiseMin(T(1));
   }
+  // One comparison (s in [0, 1] exactly when clip(s) == s) vectorises to a single masked
+  // select, where `s >= 0 && s <= 1` made GCC shuffle masks through integer registers.
   template <class T>
-  static T drho(T s, T /*r*/) {
-    return (s >= T(0) && s <= T(1)) ? T(1) : T(0);
+  static T drho(T s, T r) {
+    return r == s ? T(1) : T(0);
+  }
+  // rho and rho' u on packets, for the relaxation's fused element loop (which updates rho(s)
+  // in the same pass). rho' is 0 or 1: a mask of u (0 * u is 0 for the finite u used there).
+  static constexpr bool fused_rho = true;
+  template <class P>
+  static P prho(const P& s) {
+    using namespace Eigen::internal;
+    return pmin(pmax(s, pzero(s)), pset1<P>(1));
+  }
+  template <class P>
+  static P pdrho_times(const P& s, const P& r, const P& u) {
+    return Eigen::internal::pand(Eigen::internal::pcmp_eq(r, s), u);
   }
   template <class T>
   static T d2rho(T /*s*/, T /*r*/) {
@@ -39,6 +53,16 @@ struct HardSigmoid {
 // Logistic sigmoid 1 / (1 + exp(-s)): smooth, used where second derivatives matter.
 struct Sigmoid {
   static constexpr bool has_second_derivative = true;
+  static constexpr bool fused_rho = false;  // rho(s) after the loop, by Eigen's vectorised logistic
+  template <class P>
+  static P prho(const P& s) {
+    return s;  // unused (fused_rho is false)
+  }
+  template <class P>
+  static P pdrho_times(const P& /*s*/, const P& r, const P& u) {
+    using namespace Eigen::internal;
+    return pmul(pmul(r, psub(pset1<P>(1), r)), u);
+  }
 
   template <class A>
   static auto rho(const Eigen::ArrayBase<A>& s) {

@@ -5,11 +5,13 @@
 #include "eqcore/activation.hpp"
 #include "eqcore/network.hpp"
 #include "eqcore/parallel.hpp"
+#include "eqcore/products.hpp"
 #include "eqcore/types.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <type_traits>
 
 namespace eqcore {
@@ -18,29 +20,54 @@ namespace detail {
 
 // One Euler step for one example's layer (n contiguous entries), in place:
 //   s <- s - dt (s - rho'(s) u [+ beta (s - y)]),  u = other + add,  then clip to [0, 1].
-// r = rho(s) before the step; `other` is read only when HasOther. With Measure, returns the
-// largest |change| (a loop-carried max: measurably slower, so only when a tolerance needs it).
+// r = rho(s) before the step; with Act::fused_rho it is updated to rho(s) after the step in
+// the same pass. `other` is read only when HasOther. With Measure, returns the largest
+// |change| (a loop-carried max: measurably slower, so only when a tolerance needs it).
+// Written on Eigen packets (full-width vectors, masks for the hard sigmoid's rho'): GCC's
+// auto-vectorisation of the same loop used half-width vectors and shuffled the clip's masks
+// through integer registers, at several times the cost. No FMA, so the scalar tail rounds
+// like the packets.
 template <class Act, bool Clip, bool Nudge, bool HasOther, bool Measure, class T>
-T euler_row_impl(T* __restrict s, const T* __restrict r, const T* __restrict other, const T* __restrict add,
+T euler_row_impl(T* __restrict s, T* __restrict r, const T* __restrict other, const T* __restrict add,
                  const T* __restrict y, Index n, T dt, T beta) {
-  T largest = T(0);
-#pragma omp simd reduction(max : largest)
-  for (Index j = 0; j < n; ++j) {
-    const T u = HasOther ? other[j] + add[j] : add[j];
-    T grad = s[j] - Act::drho(s[j], r[j]) * u;
-    if (Nudge) grad += beta * (s[j] - y[j]);
-    T next = s[j] - dt * grad;
-    if (Clip) next = std::min(std::max(next, T(0)), T(1));
-    if (Measure) largest = std::max(largest, std::abs(next - s[j]));
-    s[j] = next;
+  using namespace Eigen::internal;
+  using Packet = typename packet_traits<T>::type;
+  constexpr Index kLanes = packet_traits<T>::size;
+  const Packet pdt = pset1<Packet>(dt), pbeta = pset1<Packet>(beta), zero = pset1<Packet>(T(0)),
+               one = pset1<Packet>(T(1));
+  Packet plargest = zero;
+  Index j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const Packet sj = ploadu<Packet>(s + j);
+    const Packet u = HasOther ? padd(ploadu<Packet>(other + j), ploadu<Packet>(add + j)) : ploadu<Packet>(add + j);
+    Packet grad = psub(sj, Act::pdrho_times(sj, ploadu<Packet>(r + j), u));
+    if (Nudge) grad = padd(grad, pmul(pbeta, psub(sj, ploadu<Packet>(y + j))));
+    Packet next = psub(sj, pmul(pdt, grad));
+    if (Clip) next = pmin(pmax(next, zero), one);
+    if (Measure) plargest = pmax(plargest, pabs(psub(next, sj)));
+    pstoreu(s + j, next);
+    if (Act::fused_rho) pstoreu(r + j, Act::prho(next));
+  }
+  T largest = Measure ? predux_max(plargest) : T(0);
+  for (; j < n; ++j) {  // the same operations on one lane
+    const Packet sj = pset1<Packet>(s[j]);
+    const Packet u = pset1<Packet>(HasOther ? other[j] + add[j] : add[j]);
+    Packet grad = psub(sj, Act::pdrho_times(sj, pset1<Packet>(r[j]), u));
+    if (Nudge) grad = padd(grad, pmul(pbeta, psub(sj, pset1<Packet>(y[j]))));
+    Packet next = psub(sj, pmul(pdt, grad));
+    if (Clip) next = pmin(pmax(next, zero), one);
+    const T value = pfirst(next);
+    if (Measure) largest = std::max(largest, std::abs(value - s[j]));
+    s[j] = value;
+    if (Act::fused_rho) r[j] = pfirst(Act::prho(next));
   }
   return largest;
 }
 
 // Chooses the compiled variant, so the element loop has no run-time branch.
 template <class Act, class T>
-T euler_row(T* s, const T* r, const T* other, const T* add, const T* y, Index n, T dt, T beta, bool clip,
-            bool has_other, bool measure) {
+T euler_row(T* s, T* r, const T* other, const T* add, const T* y, Index n, T dt, T beta, bool clip, bool has_other,
+            bool measure) {
   auto pick = [&](auto clip_c, auto nudge_c, auto other_c, auto measure_c) {
     return euler_row_impl<Act, decltype(clip_c)::value, decltype(nudge_c)::value, decltype(other_c)::value,
                           decltype(measure_c)::value>(s, r, other, add, y, n, dt, beta);
@@ -71,9 +98,12 @@ class Relaxer {
     const auto L = static_cast<std::size_t>(net.layers());
     R_.resize(L + 1);
     U_.resize(L + 1);
+    thin_.resize(L);
     for (int k = 1; k <= net.layers(); ++k) {
       R_[k].resize(max_rows * net.size(k));
       U_[k].resize(max_rows * net.size(k));
+      if (k < net.layers() && net.size(k + 1) <= kThinLayer)
+        thin_[k] = std::make_unique<ThinWeights<T>>(net.weights[static_cast<std::size_t>(k)], net.size(k), net.size(k + 1));
     }
   }
 
@@ -97,9 +127,16 @@ class Relaxer {
   T step(T dt, T beta, const T* target, bool clip, bool measure = false) {
     const int L = net_.layers();
     // Drives from the current state, for every layer before any layer moves.
-    for (int k = 2; k <= L; ++k) drive(k).noalias() = rho(k - 1) * net_.weight(k - 1);
+    for (int k = 2; k <= L; ++k) {
+      if (const auto& thin = thin_[static_cast<std::size_t>(k - 1)])
+        thin->times(R_[k - 1].data(), rows_, U_[k].data());
+      else
+        drive(k).noalias() = rho(k - 1) * net_.weight(k - 1);
+    }
     for (int k = 1; k < L; ++k) {
-      if (k == 1)
+      if (const auto& thin = thin_[static_cast<std::size_t>(k)])
+        thin->times_transposed(R_[k + 1].data(), rows_, k == 1 ? nullptr : U_[k].data(), U_[k].data());
+      else if (k == 1)
         drive(1).noalias() = rho(2) * net_.weight(1).transpose();
       else
         drive(k).noalias() += rho(k + 1) * net_.weight(k).transpose();
@@ -109,7 +146,7 @@ class Relaxer {
       const Index n = net_.size(k);
       const bool nudge_here = target != nullptr && beta != T(0) && k == L;
       T* sk = s(k).data();
-      const T* rk = R_[k].data();
+      T* rk = R_[k].data();
       const T* uk = U_[k].data();
       for (Index i = 0; i < rows_; ++i) {
         const T* add = k == 1 ? input_drive_ + i * n : net_.biases[static_cast<std::size_t>(k - 1)];
@@ -117,7 +154,7 @@ class Relaxer {
         largest = std::max(largest, detail::euler_row<Act>(sk + i * n, rk + i * n, uk + i * n, add, y, n, dt, beta,
                                                            clip, L > 1, measure));
       }
-      rho(k) = Act::rho(s(k).array());  // (fusing this into euler_row measured 30% slower)
+      if (!Act::fused_rho) rho(k) = Act::rho(s(k).array());
     }
     return largest;
   }
@@ -134,16 +171,26 @@ class Relaxer {
   // different number of scalar iterations from one call to the next (bit-reproducibility).
   using Buffer = Eigen::Matrix<T, Eigen::Dynamic, 1>;
   std::vector<Buffer> R_, U_;  // rho(s_k) and the drive from the other free layers
+  std::vector<std::unique_ptr<ThinWeights<T>>> thin_;  // [k]: W_k packed when layer k + 1 is thin
   const T* input_drive_ = nullptr;
   LayerPtrs<T> state_;
   Index begin_ = 0, rows_ = 0;
 };
 
 // The input drive x W_0 + b_1 for the whole batch into D (B, n_1), constant during a
-// relaxation: computed once per call, with the columns of W_0 split over threads so that each
-// thread packs only its slice of W_0 for the GEMM (a row split would pack all of it per thread).
+// relaxation: computed once per call. A mostly-zero x (images) takes the sparse path, one pass
+// over a row of W_0 per non-zero, and then leaves its non-zeros in `sparse` when given (the EP
+// update reuses them); returns whether it did. Otherwise a GEMM with the columns of W_0 split
+// over threads, so that each thread packs only its slice of W_0 (a row split would pack all of
+// it per thread).
 template <class T>
-void input_drive(const Net<T>& net, const T* x, Index B, Matrix<T>& D, int threads) {
+bool input_drive(const Net<T>& net, const T* x, Index B, Matrix<T>& D, int threads, SparseRows<T>* sparse = nullptr) {
+  SparseRows<T> local;
+  SparseRows<T>& rows = sparse ? *sparse : local;
+  if (compress_rows(x, B, net.size(0), rows)) {
+    sparse_input_drive(net, rows, D, threads);
+    return true;
+  }
   D.resize(B, net.size(1));
   const ConstMatrixMap<T> X(x, B, net.size(0));
   const auto W0 = net.weight(0);
@@ -152,6 +199,7 @@ void input_drive(const Net<T>& net, const T* x, Index B, Matrix<T>& D, int threa
     block.noalias() = X * W0.middleCols(cols.begin, cols.size());
     block.rowwise() += net.bias(1).segment(cols.begin, cols.size());
   });
+  return false;
 }
 
 template <class T>

@@ -45,7 +45,9 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
   for (int k = 1; k <= L; ++k) nudged_ptrs.push_back(nudged[k].data());
   std::vector<Index> failed(static_cast<std::size_t>(requested), -1);
   Matrix<T> drive;  // x W_0 + b_1, shared by every phase
-  input_drive(net, x, B, drive, opt.threads);
+  SparseRows<T> x_rows, x_columns;
+  const bool sparse_x = input_drive(net, x, B, drive, opt.threads, &x_rows);
+  if (sparse_x) transpose(x_rows, net.size(0), x_columns);  // the update walks x by pixel
 
   with_activation(net.activation, [&](auto act) {
     using Act = decltype(act);
@@ -95,7 +97,9 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
         const Range rows = part(net.size(k), t, nt);
         MatrixMap<T> Wk(weights[static_cast<std::size_t>(k)], net.size(k), net.size(k + 1));
         auto G = Wk.middleRows(rows.begin, rows.size());
-        if (k == 0) {
+        if (k == 0 && sparse_x) {
+          sparse_input_update(x_columns, delta1.data(), net.size(1), c, rows, weights[0]);
+        } else if (k == 0) {
           G.noalias() += c * X.middleCols(rows.begin, rows.size()).transpose() * delta1;
         } else {
           G.noalias() += c * rho_a[k].middleCols(rows.begin, rows.size()).transpose() * rho_a[k + 1];

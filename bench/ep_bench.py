@@ -1,6 +1,6 @@
 """EP training step, side by side in one process: eqcore vs the way published EP code runs.
 
-    python bench/ep_bench.py [--threads 2] [--repeats 15] [--quick]
+    python bench/ep_bench.py [--threads 2] [--repeats 15] [--quick] [--inputs mnist|uniform]
 
 One step = free phase (T Euler steps from persistent states) + nudged phase (K steps) +
 parameter update, float32, hard sigmoid with clipping, dt 0.5, beta 1. Contenders:
@@ -10,6 +10,10 @@ parameter update, float32, hard sigmoid with clipping, dt 0.5, beta 1. Contender
   numpy-hoisted the same with the input drive x W_0 computed once per phase
   torch         the published-style loop in PyTorch on the CPU (torch threads = eqcore threads);
                 skipped with a message if torch is not installed (pip install torch==2.13.0)
+Inputs: a random minibatch of MNIST training images (x / 255, ~19 % non-zeros: the workload the
+presets train on, and what eqcore's sparse input path is for) when the dataset is on this machine
+(`eqcore train` or `eqcore.data.load("mnist")` caches it), else, or with --inputs uniform, dense
+uniform [0, 1) values (every product dense). The unavoidable FLOPs are counted dense either way.
 Each case first checks that all contenders produce the same update (float32 tolerance), then
 times them interleaved and reports medians, examples/s and ratios, plus the fraction of the
 machine's float32 GEMM rate (measured in the same run) that eqcore reaches on the FLOPs an EP
@@ -43,7 +47,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads_from_argv())
 import numpy as np  # noqa: E402
 
 import eqcore  # noqa: E402
-from eqcore import algorithms  # noqa: E402
+from eqcore import algorithms, data  # noqa: E402
 
 CASES = [
     ("784-500-10", 20, 4, 20),
@@ -129,12 +133,28 @@ def gemm_rate(threads: int, torch) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
-def run_case(layers, T, K, B, threads, repeats, torch):
+def mnist_images() -> "tuple[np.ndarray, np.ndarray] | None":
+    """MNIST training images (N, 784) uint8 and labels, if cached on this machine (never downloads)."""
+    try:
+        ds = data.load("mnist", validation=0, allow_download=False)
+    except data.DataNotFoundError:
+        return None
+    return ds.train.images.reshape(len(ds.train.labels), -1), ds.train.labels
+
+
+def run_case(layers, T, K, B, threads, repeats, torch, images=None):
     sizes = [int(n) for n in layers.split("-")]
     rng = np.random.default_rng(0)
     net = eqcore.Network(sizes, dtype="float32", seed=0, threads=threads)
-    x = rng.random((B, sizes[0]), dtype=np.float32)
-    y = np.eye(sizes[-1], dtype=np.float32)[rng.integers(0, sizes[-1], B)]
+    if images is not None and sizes[0] == images[0].shape[1]:
+        pick = rng.choice(len(images[1]), B, replace=False)
+        x = images[0][pick].astype(np.float32) / 255
+        y = np.eye(sizes[-1], dtype=np.float32)[images[1][pick]]
+        inputs = "mnist"
+    else:
+        x = rng.random((B, sizes[0]), dtype=np.float32)
+        y = np.eye(sizes[-1], dtype=np.float32)[rng.integers(0, sizes[-1], B)]
+        inputs = "uniform"
     s_init = [rng.random((B, n), dtype=np.float32) for n in sizes[1:]]
     lrs = lrs_for(sizes)
 
@@ -199,7 +219,8 @@ def run_case(layers, T, K, B, threads, repeats, torch):
     med = {name: float(np.median(t)) for name, t in times.items()}
     flops = unavoidable_flops(sizes, T, K, B)
     return {
-        "layers": layers, "T": T, "K": K, "batch": B, "threads": threads, "repeats": reps,
+        "layers": layers, "T": T, "K": K, "batch": B, "threads": threads, "repeats": reps, "inputs": inputs,
+        "input_density": float(np.count_nonzero(x)) / x.size,
         "seconds": med, "examples_per_s": {k: B / v for k, v in med.items()},
         "speedup_of_eqcore": {k: v / med["eqcore"] for k, v in med.items() if k != "eqcore"},
         "unavoidable_gflop": flops / 1e9, "eqcore_gflops": flops / med["eqcore"] / 1e9,
@@ -233,7 +254,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=eqcore.network.default_threads())
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="only the first case, 5 repeats")
+    parser.add_argument("--inputs", choices=["mnist", "uniform"], default="mnist",
+                        help="MNIST images if cached here (default), or dense uniform values")
     args = parser.parse_args()
+    images = mnist_images() if args.inputs == "mnist" else None
+    if args.inputs == "mnist" and images is None:
+        print("MNIST is not cached on this machine: dense uniform inputs instead (eqcore train caches it)")
     try:
         import torch
 
@@ -247,11 +273,11 @@ def main() -> None:
     print(f"float32 GEMM 1024^3 ({'torch' if torch else 'numpy'}, {args.threads} threads): {rate:.1f} GFLOP/s")
     results = []
     for layers, T, K, B in cases:
-        r = run_case(layers, T, K, B, args.threads, repeats, torch)
+        r = run_case(layers, T, K, B, args.threads, repeats, torch, images)
         r["fraction_of_gemm_rate"] = r["eqcore_gflops"] / rate
         results.append(r)
         ratios = "  ".join(f"x{v:.1f} vs {k}" for k, v in r["speedup_of_eqcore"].items())
-        print(f"{layers:>22} T{T:<3} K{K:<2} B{B:<4} eqcore {r['examples_per_s']['eqcore']:>9.0f} ex/s "
+        print(f"{layers:>22} T{T:<3} K{K:<2} B{B:<4} {r['inputs']:>7} eqcore {r['examples_per_s']['eqcore']:>9.0f} ex/s "
               f"({r['eqcore_gflops']:.1f} GFLOP/s = {100 * r['fraction_of_gemm_rate']:.0f}% of GEMM)  {ratios}")
     RESULTS.mkdir(exist_ok=True)
     out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),

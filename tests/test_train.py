@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,7 @@ def test_same_seed_same_run_other_seed_other_run():
     {"ep_variant": "symmetric", "persistent": False},
     {"ep_variant": "one-sided", "batch": 33},               # a last, smaller minibatch
     {"ep_variant": "one-sided", "batch": 33, "fused": False},
+    {"lr_schedule": "cosine"},                              # rates that change every epoch
 ])
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, overrides):
     whole = make_trainer(small_config(**overrides), out_dir=tmp_path / "whole")
@@ -254,6 +256,24 @@ def test_config_validation():
         train.Trainer(small_config(), (np.zeros((10, 31)), np.zeros(10, np.uint8)))
     with pytest.raises(ValueError, match="labels must be in 0..4"):
         train.Trainer(small_config(), (np.zeros((10, 30)), np.full(10, 7)))
+
+
+def test_cosine_schedule_sets_each_epochs_rates():
+    config = small_config(lr=[0.2, 0.1], lr_schedule="cosine", epochs=4)
+    assert config.lr_at(0) == [0.2, 0.1]
+    assert config.lr_at(2) == pytest.approx([0.1, 0.05])  # half way: half the rates
+    assert config.lr_at(3) == pytest.approx([0.2 * (1 + math.cos(0.75 * math.pi)) / 2,
+                                             0.1 * (1 + math.cos(0.75 * math.pi)) / 2])
+    assert small_config(lr=[0.2, 0.1]).lr_at(3) == [0.2, 0.1]
+    seen = []
+    trainer = make_trainer(config)
+    trainer.fit(on_batch=lambda t, i: seen.append((t.epoch, [float(v) for v in t.optimizer.lr])) if i == 0 else None)
+    assert [e for e, _ in seen] == [0, 1, 2, 3]
+    for epoch, rates in seen:
+        assert rates == pytest.approx(config.lr_at(epoch), rel=1e-6)  # float32 rates
+    # with a schedule, epochs shape the rates: a resumed run cannot change them
+    assert small_config(lr_schedule="cosine", epochs=4).differences(small_config(lr_schedule="cosine", epochs=8))
+    assert not small_config(epochs=4).differences(small_config(epochs=8))
 
 
 def test_presets_match_the_2017_paper():

@@ -162,6 +162,14 @@ struct Model {
     net.biases.assign(bias_ptrs.begin(), bias_ptrs.end());
     x.resize(B, n[0]);
     fill_uniform(x.data(), x.size(), gen, 0.0, 1.0);
+    // EQCORE_BENCH_INPUT_DENSITY=0.2: keep that share of x non-zero (like MNIST images, which
+    // take the kernel's sparse input path); default 1, every input dense.
+    if (const char* d = std::getenv("EQCORE_BENCH_INPUT_DENSITY")) {
+      std::uniform_real_distribution<double> u(0.0, 1.0);
+      const double density = std::atof(d);
+      for (Index i = 0; i < x.size(); ++i)
+        if (u(gen) >= density) x.data()[i] = T(0);
+    }
     y.setZero(B, n[L]);
     for (Index i = 0; i < B; ++i) y(i, static_cast<Index>(gen() % static_cast<unsigned>(n[L]))) = T(1);
     s.resize(static_cast<std::size_t>(L));

@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 METHODS: tuple[str, ...] = ("ep", "rbp", "implicit", "bptt")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 EP_VARIANTS: tuple[str, ...] = ("one-sided", "random-sign", "symmetric")
 CHECKPOINT_FORMAT = "eqcore-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -130,6 +131,10 @@ class TrainConfig:
     lr : list of float
         Per-layer learning rates: ``lr[k]`` applies to ``W_k`` and ``b_{k+1}``. A single value
         is used for every layer.
+    lr_schedule : {"constant", "cosine"}
+        ``cosine``: epoch e (from 0) trains with ``lr * (1 + cos(pi e / epochs)) / 2``, from the
+        full rates down to nearly 0 in the last epoch (then ``epochs`` is part of the run's
+        identity: a resumed run cannot change it).
     batch, epochs, seed : int
     persistent : bool
         Persistent particles: each training example's free state is cached and the next free
@@ -161,6 +166,7 @@ class TrainConfig:
     beta: float = 1.0  # the 2017 paper's 0.5 in its cost convention (see _from_paper)
     clip: Optional[bool] = None
     lr: list[float] = field(default_factory=lambda: [0.2, 0.1])
+    lr_schedule: str = "constant"
     batch: int = 20
     epochs: int = 25
     seed: int = 0
@@ -186,6 +192,7 @@ class TrainConfig:
         if not all(math.isfinite(v) and v >= 0 for v in self.lr):
             raise ValueError(f"lr: expected finite values >= 0, got {self.lr}")
         _choice(self.activation, "activation", ("hardsigmoid", "sigmoid"))
+        _choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         _choice(self.dtype, "dtype", ("float32", "float64"))
         _choice(self.dataset, "dataset", ("mnist", "fashion-mnist"))
         _choice(self.method, "method", METHODS)
@@ -241,8 +248,18 @@ class TrainConfig:
             raise ValueError(f"config: unknown fields {unknown}")
         return cls(**values)
 
+    def lr_at(self, epoch: int) -> list[float]:
+        """The per-layer learning rates of epoch ``epoch`` (from 0) under ``lr_schedule``."""
+        if self.lr_schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.epochs) / max(self.epochs, 1)))
+            return [a * factor for a in self.lr]
+        return list(self.lr)
+
     def differences(self, other: "TrainConfig", ignore: frozenset = RESUMABLE_CHANGES) -> list[str]:
-        """Human-readable ``field: self vs other`` for fields that differ (except ``ignore``)."""
+        """Human-readable ``field: self vs other`` for fields that differ (except ``ignore``;
+        ``epochs`` counts when a learning-rate schedule depends on it)."""
+        if "cosine" in (self.lr_schedule, other.lr_schedule):
+            ignore = ignore - {"epochs"}
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{k}: {_show(mine[k])} vs {_show(theirs[k])}" for k in mine
                 if k not in ignore and mine[k] != theirs[k]]
@@ -317,7 +334,12 @@ class SGD:
     name = "sgd"
 
     def __init__(self, lr: Sequence[float], dtype: np.dtype) -> None:
-        self.lr = [np.dtype(dtype).type(v) for v in lr]
+        self.dtype = np.dtype(dtype)
+        self.set_lr(lr)
+
+    def set_lr(self, lr: Sequence[float]) -> None:
+        """The rates of the next updates (a schedule sets them every epoch)."""
+        self.lr = [self.dtype.type(v) for v in lr]
 
     def step(self, weights: list[np.ndarray], biases: list[np.ndarray],
              grad_w: list[np.ndarray], grad_b: list[np.ndarray]) -> None:
@@ -555,6 +577,7 @@ class Trainer:
         c, net = self.config, self.net
         x_all, y_all, labels = self._train
         n = len(labels)
+        self.optimizer.set_lr(c.lr_at(self.epoch))
         order = self.rng.permutation(n)
         errors = 0
         cost = 0.0
@@ -888,6 +911,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="EP: one kernel call per minibatch, update included (default: on)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=_lr_list, default=S, help="per-layer learning rates, e.g. 0.1,0.05 (default)")
+    g.add_argument("--lr-schedule", choices=list(LR_SCHEDULES), default=S,
+                   help="constant (default) or cosine decay over the epochs")
     g.add_argument("--batch", type=int, default=S, help="minibatch size (default 20)")
     g.add_argument("--epochs", type=int, default=S, help="total epochs (default 25)")
     g.add_argument("--seed", type=int, default=S, help="seed of every random draw (default 0)")

@@ -190,29 +190,14 @@ class ThinWeights {
     for (Index c = 0; c < m; ++c) iota_.push_back(c);
   }
 
-  // out (rows x m) = R (rows x n) W, one packet of columns at a time. Four partial sums per row
-  // (named, so they stay in registers) break the FMA latency chain over n; they are added in a
-  // fixed order (bit-reproducible).
-  void times(const T* R, Index rows, T* out) const {
-    using namespace Eigen::internal;
-    alignas(64) T sum[kThinLayer + kLanes];
-    for (Index i = 0; i < rows; ++i) {
-      const T* r = R + i * n_;
-      for (Index q = 0; q < width_; q += kLanes) {
-        const T* w = padded_.data() + q;
-        Packet a0 = pset1<Packet>(T(0)), a1 = a0, a2 = a0, a3 = a0;
-        Index j = 0;
-        for (; j + 4 <= n_; j += 4, w += 4 * width_) {
-          a0 = pmadd(pset1<Packet>(r[j]), ploadu<Packet>(w), a0);
-          a1 = pmadd(pset1<Packet>(r[j + 1]), ploadu<Packet>(w + width_), a1);
-          a2 = pmadd(pset1<Packet>(r[j + 2]), ploadu<Packet>(w + 2 * width_), a2);
-          a3 = pmadd(pset1<Packet>(r[j + 3]), ploadu<Packet>(w + 3 * width_), a3);
-        }
-        for (; j < n_; ++j, w += width_) a0 = pmadd(pset1<Packet>(r[j]), ploadu<Packet>(w), a0);
-        pstoreu(sum + q, padd(padd(a0, a1), padd(a2, a3)));
-      }
-      std::copy_n(sum, m_, out + i * m_);
-    }
+  // out (rows x m) = R (rows x n) W + bias. The padded W is read once per block of 4 rows (its
+  // loads are what bounds this product); two partial sums per row (even and odd j, in named
+  // registers) give 8 independent FMA chains. Sums are added in a fixed order.
+  void times(const T* R, Index rows, const T* bias, T* out) const {
+    Index i = 0;
+    if (width_ == kLanes)
+      for (; i + 4 <= rows; i += 4) times_rows<4>(R, i, bias, out);
+    for (; i < rows; ++i) times_row(R, i, bias, out);
   }
 
   // out (rows x n) = base + R (rows x m) W^T (base may be out, or nullptr for 0).
@@ -223,6 +208,55 @@ class ThinWeights {
   }
 
  private:
+  template <int RB>
+  void times_rows(const T* R, Index i0, const T* bias, T* out) const {
+    using namespace Eigen::internal;
+    Packet acc[2 * RB];
+    for (int a = 0; a < 2 * RB; ++a) acc[a] = pset1<Packet>(T(0));
+    const T* r = R + i0 * n_;
+    const T* w = padded_.data();
+    Index j = 0;
+    for (; j + 2 <= n_; j += 2, w += 2 * width_) {
+      const Packet w0 = ploadu<Packet>(w), w1 = ploadu<Packet>(w + width_);
+      for (int b = 0; b < RB; ++b) {
+        acc[2 * b] = pmadd(pset1<Packet>(r[b * n_ + j]), w0, acc[2 * b]);
+        acc[2 * b + 1] = pmadd(pset1<Packet>(r[b * n_ + j + 1]), w1, acc[2 * b + 1]);
+      }
+    }
+    if (j < n_) {
+      const Packet w0 = ploadu<Packet>(w);
+      for (int b = 0; b < RB; ++b) acc[2 * b] = pmadd(pset1<Packet>(r[b * n_ + j]), w0, acc[2 * b]);
+    }
+    alignas(64) T sum[kLanes];
+    for (int b = 0; b < RB; ++b) {
+      pstoreu(sum, padd(acc[2 * b], acc[2 * b + 1]));
+      T* o = out + (i0 + b) * m_;
+      for (Index c = 0; c < m_; ++c) o[c] = sum[c] + bias[c];
+    }
+  }
+
+  // One row, one packet of columns at a time (any width), four partial sums.
+  void times_row(const T* R, Index i, const T* bias, T* out) const {
+    using namespace Eigen::internal;
+    alignas(64) T sum[kThinLayer + kLanes];
+    const T* r = R + i * n_;
+    for (Index q = 0; q < width_; q += kLanes) {
+      const T* w = padded_.data() + q;
+      Packet a0 = pset1<Packet>(T(0)), a1 = a0, a2 = a0, a3 = a0;
+      Index j = 0;
+      for (; j + 4 <= n_; j += 4, w += 4 * width_) {
+        a0 = pmadd(pset1<Packet>(r[j]), ploadu<Packet>(w), a0);
+        a1 = pmadd(pset1<Packet>(r[j + 1]), ploadu<Packet>(w + width_), a1);
+        a2 = pmadd(pset1<Packet>(r[j + 2]), ploadu<Packet>(w + 2 * width_), a2);
+        a3 = pmadd(pset1<Packet>(r[j + 3]), ploadu<Packet>(w + 3 * width_), a3);
+      }
+      for (; j < n_; ++j, w += width_) a0 = pmadd(pset1<Packet>(r[j]), ploadu<Packet>(w), a0);
+      pstoreu(sum + q, padd(padd(a0, a1), padd(a2, a3)));
+    }
+    T* o = out + i * m_;
+    for (Index c = 0; c < m_; ++c) o[c] = sum[c] + bias[c];
+  }
+
   using Buffer = Eigen::Matrix<T, Eigen::Dynamic, 1>;
   Index n_, m_, width_;
   Buffer padded_, transposed_;

@@ -129,7 +129,7 @@ class Relaxer {
     // Drives from the current state, for every layer before any layer moves.
     for (int k = 2; k <= L; ++k) {
       if (const auto& thin = thin_[static_cast<std::size_t>(k - 1)])
-        thin->times(R_[k - 1].data(), rows_, U_[k].data());
+        thin->times(R_[k - 1].data(), rows_, net_.biases[static_cast<std::size_t>(k - 1)], U_[k].data());
       else
         drive(k).noalias() = rho(k - 1) * net_.weight(k - 1);
     }
@@ -148,11 +148,18 @@ class Relaxer {
       T* sk = s(k).data();
       T* rk = R_[k].data();
       const T* uk = U_[k].data();
-      for (Index i = 0; i < rows_; ++i) {
-        const T* add = k == 1 ? input_drive_ + i * n : net_.biases[static_cast<std::size_t>(k - 1)];
-        const T* y = nudge_here ? target + (begin_ + i) * n : nullptr;
-        largest = std::max(largest, detail::euler_row<Act>(sk + i * n, rk + i * n, uk + i * n, add, y, n, dt, beta,
-                                                           clip, L > 1, measure));
+      const T* y = nudge_here ? target + begin_ * n : nullptr;
+      if (k == 1) {  // u = U + the input drive, both contiguous over the tile: one pass
+        largest = std::max(largest, detail::euler_row<Act>(sk, rk, uk, input_drive_, y, rows_ * n, dt, beta, clip,
+                                                           L > 1, measure));
+      } else if (thin_[static_cast<std::size_t>(k - 1)]) {  // u = U, the bias already in it
+        largest = std::max(largest, detail::euler_row<Act>(sk, rk, static_cast<const T*>(nullptr), uk, y, rows_ * n, dt, beta, clip, false,
+                                                           measure));
+      } else {  // u = U + b_k, row by row
+        const T* bias = net_.biases[static_cast<std::size_t>(k - 1)];
+        for (Index i = 0; i < rows_; ++i)
+          largest = std::max(largest, detail::euler_row<Act>(sk + i * n, rk + i * n, uk + i * n, bias,
+                                                             y ? y + i * n : nullptr, n, dt, beta, clip, true, measure));
       }
       if (!Act::fused_rho) rho(k) = Act::rho(s(k).array());
     }

@@ -11,6 +11,7 @@
 #include "eqcore/types.hpp"
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 namespace eqcore {
@@ -187,7 +188,6 @@ class ThinWeights {
         padded_[j * width_ + c] = W[j * m + c];
         transposed_[c * n + j] = W[j * m + c];
       }
-    for (Index c = 0; c < m; ++c) iota_.push_back(c);
   }
 
   // out (rows x m) = R (rows x n) W + bias. The padded W is read once per block of 4 rows (its
@@ -200,14 +200,45 @@ class ThinWeights {
     for (; i < rows; ++i) times_row(R, i, bias, out);
   }
 
-  // out (rows x n) = base + R (rows x m) W^T (base may be out, or nullptr for 0).
+  // out (rows x n) = base + R (rows x m) W^T (base may be out, or nullptr for 0). Packet of
+  // columns by packet of columns, the m packets of W^T held in registers (m a compile-time
+  // constant, 1..kThinLayer) while every row passes: rows are independent FMA chains.
   void times_transposed(const T* R, Index rows, const T* base, T* out) const {
-    for (Index i = 0; i < rows; ++i)
-      detail::combine_rows(iota_.data(), R + i * m_, m_, transposed_.data(), n_, Range{0, n_}, T(1),
-                           base ? base + i * n_ : nullptr, out + i * n_);
+    dispatch_m(std::make_integer_sequence<int, kThinLayer + 1>{}, R, rows, base, out);
   }
 
  private:
+  template <int... Ms>
+  void dispatch_m(std::integer_sequence<int, Ms...>, const T* R, Index rows, const T* base, T* out) const {
+    ((Ms == m_ ? (times_transposed_impl<Ms>(R, rows, base, out), true) : false) || ...);
+  }
+
+  template <int M>
+  void times_transposed_impl(const T* R, Index rows, const T* base, T* out) const {
+    using namespace Eigen::internal;
+    if constexpr (M > 0) {
+      Index c = 0;
+      for (; c + kLanes <= n_; c += kLanes) {
+        Packet wt[M];
+        for (int k = 0; k < M; ++k) wt[k] = ploadu<Packet>(transposed_.data() + k * n_ + c);
+        for (Index i = 0; i < rows; ++i) {
+          const T* r = R + i * M;
+          Packet acc = pmul(pset1<Packet>(r[0]), wt[0]);
+          for (int k = 1; k < M; ++k) acc = pmadd(pset1<Packet>(r[k]), wt[k], acc);
+          T* o = out + i * n_ + c;
+          pstoreu(o, base ? padd(ploadu<Packet>(base + i * n_ + c), acc) : acc);
+        }
+      }
+      for (; c < n_; ++c)  // the last columns, fewer than a packet
+        for (Index i = 0; i < rows; ++i) {
+          const T* r = R + i * M;
+          T acc = r[0] * transposed_[c];
+          for (int k = 1; k < M; ++k) acc += r[k] * transposed_[k * n_ + c];
+          out[i * n_ + c] = base ? base[i * n_ + c] + acc : acc;
+        }
+    }
+  }
+
   template <int RB>
   void times_rows(const T* R, Index i0, const T* bias, T* out) const {
     using namespace Eigen::internal;
@@ -260,7 +291,6 @@ class ThinWeights {
   using Buffer = Eigen::Matrix<T, Eigen::Dynamic, 1>;
   Index n_, m_, width_;
   Buffer padded_, transposed_;
-  std::vector<Index> iota_;
 };
 
 }  // namespace eqcore

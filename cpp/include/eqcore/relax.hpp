@@ -94,7 +94,9 @@ constexpr Index kTileRows = 128;  // 32 measured 1.1-1.3x slower on 500- and 100
 template <class Act, class T>
 class Relaxer {
  public:
-  Relaxer(const Net<T>& net, Index max_rows) : net_(net) {
+  // The buffers are this thread's, kept between calls (a training loop asks for the same sizes
+  // every minibatch; fresh megabytes each call cost page faults): one Relaxer per thread at a time.
+  Relaxer(const Net<T>& net, Index max_rows) : net_(net), R_(buffers().first), U_(buffers().second) {
     const auto L = static_cast<std::size_t>(net.layers());
     R_.resize(L + 1);
     U_.resize(L + 1);
@@ -177,7 +179,12 @@ class Relaxer {
   // Eigen vectors, not std::vector: Eigen aligns them, so its element-wise loops never peel a
   // different number of scalar iterations from one call to the next (bit-reproducibility).
   using Buffer = Eigen::Matrix<T, Eigen::Dynamic, 1>;
-  std::vector<Buffer> R_, U_;  // rho(s_k) and the drive from the other free layers
+  static std::pair<std::vector<Buffer>, std::vector<Buffer>>& buffers() {
+    static thread_local std::pair<std::vector<Buffer>, std::vector<Buffer>> kept;
+    return kept;
+  }
+  std::vector<Buffer>& R_;  // rho(s_k)
+  std::vector<Buffer>& U_;  // the drive of layer k from the other free layers
   std::vector<std::unique_ptr<ThinWeights<T>>> thin_;  // [k]: W_k packed when layer k + 1 is thin
   const T* input_drive_ = nullptr;
   LayerPtrs<T> state_;
@@ -192,7 +199,7 @@ class Relaxer {
 // it per thread).
 template <class T>
 bool input_drive(const Net<T>& net, const T* x, Index B, Matrix<T>& D, int threads, SparseRows<T>* sparse = nullptr) {
-  SparseRows<T> local;
+  static thread_local SparseRows<T> local;
   SparseRows<T>& rows = sparse ? *sparse : local;
   if (compress_rows(x, B, net.size(0), rows)) {
     sparse_input_drive(net, rows, D, threads);
@@ -254,7 +261,10 @@ RelaxResult relax(const Net<T>& net, const T* x, Index B, const LayerPtrs<T>& st
   TeamMax<T> largest(requested);
   std::vector<Index> failed(static_cast<std::size_t>(requested), -1);
   std::vector<Index> taken(static_cast<std::size_t>(requested), 0);
-  Matrix<T> drive;
+  // Kept by the calling thread between calls, like the Relaxer's buffers. A reference: inside
+  // the team below, the name of a thread_local would mean each worker's own instance.
+  static thread_local Matrix<T> kept_drive;
+  Matrix<T>& drive = kept_drive;
   input_drive(net, x, B, drive, opt.threads);
 
   with_activation(net.activation, [&](auto act) {

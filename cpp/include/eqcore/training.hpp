@@ -20,6 +20,13 @@ struct EpStepOptions {
   int threads = 1;
 };
 
+template <class T>
+struct EpWorkspace {
+  std::vector<Matrix<T>> nudged, rho_a, rho_b;
+  Matrix<T> delta1, drive;
+  SparseRows<T> x_rows, x_columns;
+};
+
 // theta <- theta - lr * g with the EP estimate
 //   one-sided: g = (dE/dtheta(s^beta) - dE/dtheta(s0)) / beta
 //   symmetric: g = (dE/dtheta(s^beta) - dE/dtheta(s^-beta)) / (2 beta)
@@ -36,16 +43,21 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
                     const LayerPtrs<T>& state, const T* target, const EpStepOptions<T>& opt) {
   const int L = net.layers();
   const int requested = threads_for(B, opt.threads);
-  std::vector<Matrix<T>> nudged, rho_a, rho_b;
+  // Batch-sized buffers, kept by the calling thread between calls (same sizes every minibatch;
+  // allocating them afresh cost page faults). Used through references: inside the team below,
+  // the name of a thread_local would mean each worker's own instance.
+  static thread_local EpWorkspace<T> kept;
+  EpWorkspace<T>& ws = kept;
+  auto &nudged = ws.nudged, &rho_a = ws.rho_a, &rho_b = ws.rho_b;
+  auto &delta1 = ws.delta1, &drive = ws.drive;  // rho(a_1) - rho(b_1); x W_0 + b_1 for every phase
+  auto &x_rows = ws.x_rows, &x_columns = ws.x_columns;
   detail::resize_layers(net, B, nudged);
   detail::resize_layers(net, B, rho_a);
   detail::resize_layers(net, B, rho_b);
-  Matrix<T> delta1(B, net.size(1));  // rho(a_1) - rho(b_1), for the input weights
+  delta1.resize(B, net.size(1));
   LayerPtrs<T> nudged_ptrs;
   for (int k = 1; k <= L; ++k) nudged_ptrs.push_back(nudged[k].data());
   std::vector<Index> failed(static_cast<std::size_t>(requested), -1);
-  Matrix<T> drive;  // x W_0 + b_1, shared by every phase
-  SparseRows<T> x_rows, x_columns;
   const bool sparse_x = input_drive(net, x, B, drive, opt.threads, &x_rows);
   if (sparse_x) transpose(x_rows, net.size(0), x_columns);  // the update walks x by pixel
 

@@ -237,3 +237,25 @@ def test_rbp_that_cannot_converge_raises_divergence_error():
         algorithms.rbp(net, x, y, s0, steps=5000, dt=5.0)
     with pytest.raises(eqcore.DivergenceError, match="RBP diverged"):
         algorithms.rbp(net, x, y, s0, steps=100_000, dt=5.0, tol=1e-8)
+
+
+def test_fused_ep_train_step_with_a_sweep_free_phase(rng):
+    """free_dynamics='sweep' = relax(dynamics='sweep') + ep_gradient + SGD update."""
+    fused = random_net([30, 20, 15, 10], "hardsigmoid", seed=2)
+    ref = random_net([30, 20, 15, 10], "hardsigmoid", seed=2)
+    x, y = rng.random((19, 30)), np.eye(10)[rng.integers(0, 10, 19)]
+    state = [rng.random((19, n)) for n in fused.sizes[1:]]
+    start = [a.copy() for a in state]
+    lrs = [0.1, 0.05, 0.02]
+    algorithms.ep_train_step(fused, x, y, state, free_steps=6, nudged_steps=4, beta=0.5, learning_rates=lrs,
+                             free_dynamics="sweep")
+    s0 = ref.relax(x, state=start, steps=6, dynamics="sweep")
+    gW, gb = algorithms.ep_gradient(ref, x, y, s0, beta=0.5, steps=4)
+    for p, g, lr in zip(ref.weights + ref.biases, gW + gb, lrs + lrs):
+        p -= lr * g
+    for a, b in zip(fused.weights + fused.biases + state, ref.weights + ref.biases + list(s0)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="free_dynamics"):
+        algorithms.ep_train_step(random_net([6, 5, 3], "sigmoid"), x[:, :6], y[:, :3], [np.zeros((19, 5)),
+                                 np.zeros((19, 3))], free_steps=2, nudged_steps=2, beta=0.5, learning_rates=[0.1, 0.1],
+                                 free_dynamics="sweep")

@@ -184,3 +184,72 @@ def test_predict_is_argmax_of_free_fixed_point(rng):
     x = rng.random((10, 6))
     s = net.relax(x, steps=1000, tol=1e-8)
     np.testing.assert_array_equal(net.predict(x, tol=1e-8), np.argmax(s[-1], axis=1))
+
+
+# --------------------------------------------------------------------------- even/odd sweeps
+
+def _sweep_reference(net, x, state, sweeps, beta=0.0, y=None):
+    """Each layer's minimiser from dE/ds: on [0, 1] (rho' = 1) u_k = s_k - dE/ds_k, and at the
+    output (u + beta y) / (1 + beta) = s_L - dE^beta/ds_L / (1 + beta)."""
+    s = [a.copy() for a in state]
+    L = len(s)
+    for _ in range(sweeps):
+        for parity in (1, 0):
+            g = net.energy_grad_state(x, s, target=y, beta=beta)
+            for k in range(1, L + 1):
+                if k % 2 == parity:
+                    scale = 1.0 / (1.0 + beta) if k == L else 1.0
+                    s[k - 1] = np.clip(s[k - 1] - scale * g[k - 1], 0, 1)
+    return s
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.7])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_sweeps_jump_each_layer_to_its_minimiser(beta, shape, rng):
+    sizes, sparse = SHAPES[shape]
+    net = random_net(sizes, "hardsigmoid")
+    x = sparse_rows(rng, (9, sizes[0])) if sparse else rng.random((9, sizes[0]))
+    y = rng.random((9, sizes[-1]))
+    s0 = [rng.random((9, n)) for n in sizes[1:]]
+    out = net.relax(x, state=s0, target=y, beta=beta, steps=7, dynamics="sweep")
+    for a, b in zip(out, _sweep_reference(net, x, s0, 7, beta, y)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), sizes=st.lists(st.integers(1, 8), min_size=2, max_size=5),
+       batch=st.integers(1, 5), beta=st.sampled_from([0.0, 0.5]))
+def test_energy_never_increases_along_sweeps(seed, sizes, batch, beta):
+    """Exact block-coordinate descent on E^beta: whatever the weights, no sweep raises it."""
+    rng = np.random.default_rng(seed)
+    net = random_net(sizes, "hardsigmoid", seed=seed % 1000)
+    for w in net.weights:
+        w *= 3.0  # strong couplings: Euler with dt 0.5 would oscillate, sweeps still descend
+    x, y = rng.random((batch, sizes[0])), rng.random((batch, sizes[-1]))
+    r = net.relax(x, state=[rng.random((batch, n)) for n in sizes[1:]], target=y, beta=beta, steps=15,
+                  dynamics="sweep", record=True)
+    total = [net.energy(x, [t[i] for t in r.trajectory]) + beta * net.cost([t[i] for t in r.trajectory], y)
+             for i in range(16)]
+    increase = np.diff(np.array(total), axis=0)
+    assert np.all(increase <= 1e-12 * (1 + np.abs(np.array(total[:-1])))), increase.max()
+
+
+def test_sweeps_reach_a_fixed_point_of_the_euler_dynamics(rng):
+    net = random_net([30, 20, 12, 5], "hardsigmoid", seed=3)
+    x = rng.random((16, 30))
+    s = net.relax(x, steps=500, tol=1e-12, dynamics="sweep")
+    assert s.steps < 500
+    after = net.relax(x, state=s, steps=1, dt=0.5)  # one clipped Euler step does not move it
+    for a, b in zip(after, s):
+        np.testing.assert_allclose(a, b, atol=1e-11)
+    euler = net.relax(x, steps=5000, tol=1e-13, dt=0.5)
+    assert s.steps < euler.steps  # and in fewer steps than Euler to a tighter tolerance
+
+
+@pytest.mark.parametrize("activation,clip", [("sigmoid", False), ("hardsigmoid", False)])
+def test_sweeps_need_the_clipped_hard_sigmoid(activation, clip, rng):
+    net = random_net([6, 5, 3], activation)
+    with pytest.raises(ValueError, match="dynamics='sweep'"):
+        net.relax(rng.random((2, 6)), clip=clip, dynamics="sweep")
+    with pytest.raises(ValueError, match="dynamics"):
+        net.relax(rng.random((2, 6)), dynamics="newton")

@@ -322,12 +322,21 @@ py::object dispatch(const py::sequence& weights, F&& f) {
 
 using Sizes = std::vector<Index>;
 
+// Sweeps jump to each layer's minimiser in closed form, which exists for the clipped hard sigmoid.
+template <class T>
+void check_sweep(const eqcore::Net<T>& net, bool clip, const std::string& what) {
+  if (net.activation != eqcore::Activation::HardSigmoid || !clip)
+    throw py::value_error(what + ": needs the hard sigmoid with clip=True (each layer's minimiser is then clip(u, 0, 1)); "
+                                 "use the Euler dynamics otherwise");
+}
+
 py::object relax(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
                  const py::sequence& biases, py::handle x, py::handle state, py::handle target, double beta,
-                 Index steps, double dt, bool clip, double tol, bool record, int threads) {
+                 Index steps, double dt, bool clip, double tol, bool record, bool sweep, int threads) {
   return dispatch(weights, [&](auto tag) -> py::object {
     using T = decltype(tag);
     Model<T> m(sizes, activation, weights, biases);
+    if (sweep) check_sweep(m.net, clip, "dynamics='sweep'");
     auto xa = m.input(x);
     const Index B = m.batch(xa);
     check_steps(steps);
@@ -355,6 +364,7 @@ py::object relax(const Sizes& sizes, const std::string& activation, const py::se
     opt.dt = tdt;
     opt.beta = tb;
     opt.clip = clip;
+    opt.sweep = sweep;
     opt.tol = static_cast<T>(tol);
     opt.threads = check_threads(threads);
     eqcore::RelaxResult res;
@@ -599,11 +609,12 @@ py::object bptt(const Sizes& sizes, const std::string& activation, const py::seq
 
 py::object ep_step(const Sizes& sizes, const std::string& activation, const py::sequence& weights,
                    const py::sequence& biases, py::handle x, py::handle state, py::handle target, Index free_steps,
-                   Index nudged_steps, double dt, double beta, bool clip, bool symmetric,
+                   Index nudged_steps, double dt, double beta, bool clip, bool symmetric, bool free_sweep,
                    const std::vector<double>& learning_rates, int threads) {
   return dispatch(weights, [&](auto tag) -> py::object {
     using T = decltype(tag);
     Model<T> m(sizes, activation, weights, biases);
+    if (free_sweep) check_sweep(m.net, clip, "free_dynamics='sweep'");
     auto xa = m.input(x);
     const Index B = m.batch(xa);
     auto s = m.writable_layers_of(state, "state", B);
@@ -632,6 +643,7 @@ py::object ep_step(const Sizes& sizes, const std::string& activation, const py::
     opt.beta = tb;
     opt.clip = clip;
     opt.symmetric = symmetric;
+    opt.free_sweep = free_sweep;
     opt.threads = check_threads(threads);
     eqcore::RelaxResult res;
     {
@@ -657,8 +669,8 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("relax", &relax, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
         py::arg("x"), py::arg("state"), py::arg("target"), py::arg("beta"), py::arg("steps"), py::arg("dt"),
-        py::arg("clip"), py::arg("tol"), py::arg("record"), py::arg("threads"),
-        "Euler relaxation of a batch; returns (state list, steps taken, trajectory list or None).");
+        py::arg("clip"), py::arg("tol"), py::arg("record"), py::arg("sweep"), py::arg("threads"),
+        "Relaxation of a batch (Euler steps or even/odd sweeps); returns (state list, steps taken, trajectory list or None).");
   m.def("energy", &energy, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
         py::arg("x"), py::arg("state"), py::arg("threads"), "Energy per example, shape (B,).");
   m.def("cost", &cost, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
@@ -688,6 +700,7 @@ PYBIND11_MODULE(_core, m) {
         "Gradient of the mean cost after `steps` free-phase Euler steps, by backpropagation through time.");
   m.def("ep_step", &ep_step, py::arg("sizes"), py::arg("activation"), py::arg("weights"), py::arg("biases"),
         py::arg("x"), py::arg("state"), py::arg("target"), py::arg("free_steps"), py::arg("nudged_steps"), py::arg("dt"),
-        py::arg("beta"), py::arg("clip"), py::arg("symmetric"), py::arg("learning_rates"), py::arg("threads"),
+        py::arg("beta"), py::arg("clip"), py::arg("symmetric"), py::arg("free_sweep"), py::arg("learning_rates"),
+        py::arg("threads"),
         "One fused EP training step: free phase (state updated in place), nudged phase(s), parameter update in place.");
 }

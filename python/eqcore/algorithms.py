@@ -19,7 +19,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from . import _core
-from .network import Network, Params, StateLike, _count, _flag, _real
+from .network import Dynamics, Network, Params, StateLike, _count, _dynamics, _flag, _real
 
 EPVariant = Literal["one-sided", "random-sign", "symmetric"]
 EP_VARIANTS: tuple[str, ...] = ("one-sided", "random-sign", "symmetric")
@@ -103,6 +103,7 @@ def ep_train_step(
     clip: Optional[bool] = None,
     variant: EPVariant = "one-sided",
     rng: Optional[np.random.Generator] = None,
+    free_dynamics: Dynamics = "euler",
 ) -> float:
     """One EP training step in a single kernel call; returns the beta used (its sign may be random).
 
@@ -115,6 +116,10 @@ def ep_train_step(
     Parameters
     ----------
     state : list of (B, n_k) arrays of the network's dtype, C-contiguous and writable
+    free_dynamics : {"euler", "sweep"}
+        ``sweep``: the free phase takes ``free_steps`` even/odd sweeps to each layer's minimiser
+        (see :meth:`Network.relax`; hard sigmoid with clip) instead of Euler steps. The nudged
+        phase always takes Euler steps.
     """
     if variant not in EP_VARIANTS:
         raise ValueError(f"variant: expected one of {EP_VARIANTS}, got {variant!r}")
@@ -128,7 +133,8 @@ def ep_train_step(
     _core.ep_step(
         *net._net(), net._x(x), state, net._target(target), _steps(free_steps, "free_steps"),
         _steps(nudged_steps, "nudged_steps"), _real(dt, "dt"), beta, _flag(clip, "clip"), variant == "symmetric",
-        [_real(v, "learning_rates") for v in learning_rates], net.threads,
+        _dynamics(free_dynamics, "free_dynamics") == "sweep", [_real(v, "learning_rates") for v in learning_rates],
+        net.threads,
     )
     return float(beta)
 

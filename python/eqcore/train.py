@@ -55,7 +55,7 @@ import numpy as np
 
 from . import algorithms, data
 from ._core import DivergenceError
-from .network import Network, atomic_savez, atomic_write, read_npz
+from .network import DYNAMICS, Network, atomic_savez, atomic_write, read_npz
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -124,6 +124,10 @@ class TrainConfig:
     ep_variant : {"one-sided", "random-sign", "symmetric"}
     free_steps, nudged_steps : int
         T and K: Euler steps of the free phase and of the nudged phase (RBP's truncation).
+    free_dynamics : {"euler", "sweep"}
+        How the free phase (in training and evaluation) relaxes: Euler steps of size ``dt``, or
+        even/odd sweeps to each layer's minimiser (hard sigmoid with clip; same fixed points in
+        several times fewer steps, see :meth:`eqcore.Network.relax`). The nudged phase is Euler.
     dt, beta : float
         Euler step (the paper's epsilon) and nudging strength (> 0; its sign per ``ep_variant``).
     clip : bool or None
@@ -162,6 +166,7 @@ class TrainConfig:
     ep_variant: str = "random-sign"
     free_steps: int = 20
     nudged_steps: int = 4
+    free_dynamics: str = "euler"
     dt: float = 0.5
     beta: float = 1.0  # the 2017 paper's 0.5 in its cost convention (see _from_paper)
     clip: Optional[bool] = None
@@ -193,6 +198,7 @@ class TrainConfig:
             raise ValueError(f"lr: expected finite values >= 0, got {self.lr}")
         _choice(self.activation, "activation", ("hardsigmoid", "sigmoid"))
         _choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
+        _choice(self.free_dynamics, "free_dynamics", DYNAMICS)
         _choice(self.dtype, "dtype", ("float32", "float64"))
         _choice(self.dataset, "dataset", ("mnist", "fashion-mnist"))
         _choice(self.method, "method", METHODS)
@@ -216,6 +222,12 @@ class TrainConfig:
         if self.clip is None:
             self.clip = self.activation == "hardsigmoid"
         self.clip = _bool(self.clip, "clip")
+        if self.free_dynamics == "sweep" and not (self.activation == "hardsigmoid" and self.clip):
+            raise ValueError("free_dynamics: 'sweep' needs the hard sigmoid with clip (each layer's minimiser is "
+                             "then clip(u, 0, 1))")
+        if self.free_dynamics == "sweep" and self.method == "bptt":
+            raise ValueError("free_dynamics: BPTT differentiates the free phase's Euler steps; 'sweep' is for "
+                             "ep, rbp and implicit")
         self.persistent = _bool(self.persistent, "persistent")
         self.fused = _bool(self.fused, "fused")
 
@@ -602,9 +614,10 @@ class Trainer:
                     free = [s[:b] for s in self._s_buf]
                     self._fused_step(net, x, y, free, free_steps=c.free_steps, nudged_steps=c.nudged_steps,
                                      beta=c.beta, learning_rates=self.optimizer.lr, dt=c.dt, clip=c.clip,
-                                     variant=c.ep_variant, rng=self.rng)
+                                     variant=c.ep_variant, rng=self.rng, free_dynamics=c.free_dynamics)
                 else:
-                    free = net.relax(x, state=start, steps=c.free_steps, dt=c.dt, clip=c.clip)
+                    free = net.relax(x, state=start, steps=c.free_steps, dt=c.dt, clip=c.clip,
+                                     dynamics=c.free_dynamics)
                     grad_w, grad_b = self._gradient(x, y, free, start)
                     self.optimizer.step(net.weights, net.biases, grad_w, grad_b)
                 if self.particles is not None:
@@ -651,7 +664,8 @@ class Trainer:
         errors, cost, energy, steps = 0, 0.0, 0.0, 0.0
         for lo in range(0, n, c.eval_batch):
             x, y = x_all[lo:lo + c.eval_batch], y_all[lo:lo + c.eval_batch]
-            s = net.relax(x, steps=c.resolved_eval_steps, dt=c.dt, clip=c.clip, tol=c.eval_tol or None)
+            s = net.relax(x, steps=c.resolved_eval_steps, dt=c.dt, clip=c.clip, tol=c.eval_tol or None,
+                          dynamics=c.free_dynamics)
             errors += int(np.count_nonzero(np.argmax(s[-1], axis=1) != labels[lo:lo + c.eval_batch]))
             cost += float(net.cost(s, y).sum(dtype=np.float64))
             energy += float(net.energy(x, s).sum(dtype=np.float64))
@@ -899,6 +913,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=list(METHODS), default=S, help="gradient estimate (default ep)")
     g.add_argument("--ep-variant", choices=list(EP_VARIANTS), default=S, help="default random-sign")
     g.add_argument("--free-steps", "-T", type=int, default=S, help="free-phase Euler steps T (default 20)")
+    g.add_argument("--free-dynamics", choices=list(DYNAMICS), default=S,
+                   help="free phase by Euler steps (default) or even/odd sweeps to each layer's minimiser")
     g.add_argument("--nudged-steps", "-K", type=int, default=S,
                    help="nudged-phase Euler steps K, also RBP's truncation (default 4)")
     g.add_argument("--dt", type=float, default=S, help="Euler step, the paper's epsilon (default 0.5)")

@@ -16,6 +16,7 @@ struct EpStepOptions {
   T beta = T(1);           // signed: a random sign is the caller's choice
   bool clip = true;
   bool symmetric = false;  // nudge at +beta and -beta, both from s0
+  bool free_sweep = false;  // free phase by even/odd sweeps (hard sigmoid, clip; see Relaxer::sweep)
   std::vector<T> learning_rates;  // per k = 0..L-1: for W_k and b_{k+1}
   int threads = 1;
 };
@@ -82,7 +83,10 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
       for (Index first = block.begin; first < block.end; first += tile) {
         const Range r{first, std::min(first + tile, block.end)};
         w.bind(drive.data(), state, r);
-        run(opt.free_steps, T(0), nullptr);
+        if (opt.free_sweep)
+          for (Index step = 0; step < opt.free_steps; ++step) w.sweep(T(0), nullptr);
+        else
+          run(opt.free_steps, T(0), nullptr);
         if (!detail::rows_finite(net, state, r, 1)) fail = opt.free_steps;
         if (!opt.symmetric) keep_rho(rho_b, r);
         start_nudged_from_free(r);

@@ -69,11 +69,27 @@ T euler_row_impl(T* __restrict s, T* __restrict r, const T* __restrict other, co
 template <class T>
 T jump_to_minimiser(T* __restrict s, T* __restrict r, const T* __restrict u, const T* __restrict y, Index n, T beta,
                     bool measure) {
-  T largest = T(0);
-  const T scale = T(1) / (T(1) + beta);
-  for (Index j = 0; j < n; ++j) {
-    T next = y ? (u[j] + beta * y[j]) * scale : u[j];
-    next = std::min(std::max(next, T(0)), T(1));
+  // On Eigen packets, like euler_row_impl (GCC's own vectorisation of the clip was poor).
+  using namespace Eigen::internal;
+  using Packet = typename packet_traits<T>::type;
+  constexpr Index kLanes = packet_traits<T>::size;
+  const Packet zero = pset1<Packet>(T(0)), one = pset1<Packet>(T(1)), pbeta = pset1<Packet>(beta),
+               scale = pset1<Packet>(T(1) / (T(1) + beta));
+  Packet plargest = zero;
+  auto next_of = [&](const Packet& uj, const Packet& yj) {
+    const Packet v = y ? pmul(padd(uj, pmul(pbeta, yj)), scale) : uj;
+    return pmin(pmax(v, zero), one);
+  };
+  Index j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const Packet next = next_of(ploadu<Packet>(u + j), y ? ploadu<Packet>(y + j) : zero);
+    if (measure) plargest = pmax(plargest, pabs(psub(next, ploadu<Packet>(s + j))));
+    pstoreu(s + j, next);
+    pstoreu(r + j, next);
+  }
+  T largest = measure ? predux_max(plargest) : T(0);
+  for (; j < n; ++j) {  // the same operations on one lane
+    const T next = pfirst(next_of(pset1<Packet>(u[j]), pset1<Packet>(y ? y[j] : T(0))));
     if (measure) largest = std::max(largest, std::abs(next - s[j]));
     s[j] = next;
     r[j] = next;
@@ -218,6 +234,10 @@ class Relaxer {
   // U_k = (input drive, or rho_{k-1} W_{k-1} + b_k) + rho_{k+1} W_k^T, from the current rho.
   void layer_drive(int k) {
     const int L = net_.layers();
+    if (k == 1 && L > 1 && thin_[1]) {  // the input drive as the base of the thin product
+      thin_[1]->times_transposed(R_[2].data(), rows_, input_drive_, U_[1].data());
+      return;
+    }
     if (k == 1) {
       std::copy_n(input_drive_, rows_ * net_.size(1), U_[1].data());
     } else if (const auto& thin = thin_[static_cast<std::size_t>(k - 1)]) {

@@ -79,11 +79,16 @@ class TeamMax {
   std::vector<T> slots_;
 };
 
-// Runs body(range) over nt parts of [0, n).
+// Runs body(range) over nt parts of [0, n); with `align`, every boundary but n is a multiple
+// of it (vector kernels then split no packet of columns between threads).
 template <class Body>
-void parallel_for(Index n, int threads, Body&& body) {
-  const int nt = threads_for(n, threads);
-  run_team(nt, [&](int t, int team) { body(part(n, t, team)); });
+void parallel_for(Index n, int threads, Body&& body, Index align = 1) {
+  const Index units = (n + align - 1) / align;
+  const int nt = threads_for(units, threads);
+  run_team(nt, [&](int t, int team) {
+    const Range r = part(units, t, team);
+    body(Range{std::min(n, r.begin * align), std::min(n, r.end * align)});
+  });
 }
 
 }  // namespace eqcore

@@ -33,32 +33,43 @@ struct SparseRows {
 // x (rows x cols, row-major) as SparseRows when its density is at most kSparseInputDensity;
 // returns false (and leaves `out` unspecified) otherwise.
 template <class T>
-bool compress_rows(const T* x, Index rows, Index cols, SparseRows<T>& out) {
+bool compress_rows(const T* x, Index rows, Index cols, SparseRows<T>& out, int threads = 1) {
   const Index total = rows * cols;
-  const auto limit = static_cast<Index>(kSparseInputDensity * static_cast<double>(total));
-  Index nnz = 0;
-  for (Index i = 0; i < total; ++i) nnz += x[i] != T(0);
-  if (total == 0 || nnz > limit) return false;
   out.start.resize(static_cast<std::size_t>(rows) + 1);
-  out.index.resize(static_cast<std::size_t>(nnz) + 1);  // + 1: the branchless fill writes one past
-  out.value.resize(static_cast<std::size_t>(nnz) + 1);
-  Index* index = out.index.data();
-  T* value = out.value.data();
-  Index at = 0;
-  for (Index i = 0; i < rows; ++i) {
-    out.start[i] = at;
-    const T* row = x + i * cols;
-    // Branchless: every entry is written, and kept only if non-zero (zeros and non-zeros of
-    // images alternate too irregularly for a branch to predict).
-    for (Index j = 0; j < cols; ++j) {
-      index[at] = j;
-      value[at] = row[j];
-      at += row[j] != T(0);
+  Index* start = out.start.data();
+  parallel_for(rows, threads, [&](Range r) {  // non-zeros per row (into start[i + 1])
+    for (Index i = r.begin; i < r.end; ++i) {
+      Index count = 0;
+      for (Index j = 0; j < cols; ++j) count += x[i * cols + j] != T(0);
+      start[i + 1] = count;
     }
-  }
-  out.start[rows] = at;
+  });
+  start[0] = 0;
+  for (Index i = 0; i < rows; ++i) start[i + 1] += start[i];
+  const Index nnz = start[rows];
+  if (total == 0 || nnz > static_cast<Index>(kSparseInputDensity * static_cast<double>(total))) return false;
   out.index.resize(static_cast<std::size_t>(nnz));
   out.value.resize(static_cast<std::size_t>(nnz));
+  Index* index = out.index.data();
+  T* value = out.value.data();
+  parallel_for(rows, threads, [&](Range r) {
+    Index sink_index = 0;
+    T sink_value = T(0);
+    for (Index i = r.begin; i < r.end; ++i) {
+      const T* row = x + i * cols;
+      Index at = start[i];
+      const Index end = start[i + 1];
+      // Branchless (zeros and non-zeros of images alternate too irregularly for a branch to
+      // predict): every entry is written, and kept only if non-zero; past the row's last
+      // non-zero, writes go to a sink instead of the next row's slots.
+      for (Index j = 0; j < cols; ++j) {
+        const bool inside = at < end;
+        *(inside ? index + at : &sink_index) = j;
+        *(inside ? value + at : &sink_value) = row[j];
+        at += row[j] != T(0);
+      }
+    }
+  });
   return true;
 }
 
@@ -152,7 +163,7 @@ void sparse_input_drive(const Net<T>& net, const SparseRows<T>& x, Matrix<T>& D,
                              n1, block, T(1), net.biases[0], D.data() + i * n1);
       }
     }
-  });
+  }, Eigen::internal::packet_traits<T>::size);  // whole packets per thread: no scalar tail but the last
 }
 
 // Rows `pixels` of W_0 (n_0 x n_1): W_0[p, :] += c sum_i x[i, p] d[i, :], with x given by its

@@ -280,7 +280,7 @@ template <class T>
 bool input_drive(const Net<T>& net, const T* x, Index B, Matrix<T>& D, int threads, SparseRows<T>* sparse = nullptr) {
   static thread_local SparseRows<T> local;
   SparseRows<T>& rows = sparse ? *sparse : local;
-  if (compress_rows(x, B, net.size(0), rows)) {
+  if (compress_rows(x, B, net.size(0), rows, threads)) {
     sparse_input_drive(net, rows, D, threads);
     return true;
   }

@@ -116,3 +116,21 @@ def test_bad_constructor_arguments():
         eqcore.Network([5, 3], activation="relu")
     with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64'"):
         eqcore.Network([5, 3], dtype="int32")
+
+
+def test_every_bad_input_in_the_documented_table_raises(tmp_path):
+    """tools/bad_inputs.py writes docs/bad-inputs.md; each of its calls must raise a clean error."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bad_inputs.py"
+    spec = importlib.util.spec_from_file_location("bad_inputs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    count = 0
+    for function, what, call in module.cases(tmp_path):
+        with pytest.raises((ValueError, TypeError, ArithmeticError)) as info:
+            call()
+        assert str(info.value), f"{function} / {what}: an error without a message"
+        count += 1
+    assert count >= 70

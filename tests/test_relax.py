@@ -253,3 +253,16 @@ def test_sweeps_need_the_clipped_hard_sigmoid(activation, clip, rng):
         net.relax(rng.random((2, 6)), clip=clip, dynamics="sweep")
     with pytest.raises(ValueError, match="dynamics"):
         net.relax(rng.random((2, 6)), dynamics="newton")
+
+
+@pytest.mark.parametrize("dynamics", ["euler", "sweep"])
+def test_an_example_relaxes_the_same_alone_or_in_any_batch(dynamics, rng):
+    """With a sparse input and thin layers every product is row by row (no GEMM blocking), so an
+    example's result does not depend, to the bit, on the batch around it or its position there."""
+    net = random_net([40, 12, 10], "hardsigmoid", dtype="float32")
+    x = sparse_rows(rng, (13, 40)).astype(np.float32)
+    together = net.relax(x, steps=15, dynamics=dynamics)
+    for i in (0, 5, 12):
+        alone = net.relax(x[i:i + 1], steps=15, dynamics=dynamics)
+        for a, b in zip(alone, together):
+            assert np.array_equal(a[0], b[i])

@@ -309,6 +309,9 @@ def test_presets_match_the_2017_paper():
         assert (c.batch, c.dt, c.ep_variant, c.activation, c.clip, c.dtype, c.persistent) == \
             (20, 0.5, "random-sign", "hardsigmoid", True, "float32", True)
         assert c.beta == (1.0 if name == "mnist-1h" else 2.0)  # the published code's 0.5 and 1.0
+    tuned, paper = train.TrainConfig.preset("mnist-1h-tuned"), train.TrainConfig.preset("mnist-1h")
+    assert tuned.lr == pytest.approx([3 * a for a in paper.lr])  # the only difference
+    assert {**tuned.to_dict(), "lr": None} == {**paper.to_dict(), "lr": None}
     assert train.TrainConfig.preset("mnist-2h", epochs=1, beta=0.5).epochs == 1
     with pytest.raises(ValueError, match="preset: expected one of"):
         train.TrainConfig.preset("mnist-4h")

@@ -203,12 +203,16 @@ class ThinWeights {
 
   // out (rows x m) = R (rows x n) W + bias. The padded W is read once per block of 4 rows (its
   // loads are what bounds this product); two partial sums per row (even and odd j, in named
-  // registers) give 8 independent FMA chains. Sums are added in a fixed order.
+  // registers) give 8 independent FMA chains. Every row takes the same operations in the same
+  // order, wherever it sits in a block (results do not depend on the batch around an example).
   void times(const T* R, Index rows, const T* bias, T* out) const {
     Index i = 0;
-    if (width_ == kLanes)
+    if (width_ == kLanes) {
       for (; i + 4 <= rows; i += 4) times_rows<4>(R, i, bias, out);
-    for (; i < rows; ++i) times_row(R, i, bias, out);
+      for (; i < rows; ++i) times_rows<1>(R, i, bias, out);
+    } else {
+      for (; i < rows; ++i) times_row(R, i, bias, out);
+    }
   }
 
   // out (rows x n) = base + R (rows x m) W^T (base may be out, or nullptr for 0). Packet of

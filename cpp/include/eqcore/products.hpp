@@ -74,21 +74,43 @@ bool compress_rows(const T* x, Index rows, Index cols, SparseRows<T>& out, int t
 }
 
 // The same non-zeros column by column (CSC of the matrix = CSR of its transpose), rows
-// ascending within a column.
+// ascending within a column. A counting sort, its two passes split over threads by rows: each
+// thread counts its rows' entries per column, then writes them after those of the threads
+// before it, so the order (and the result) does not depend on the thread count.
 template <class T>
-void transpose(const SparseRows<T>& a, Index cols, SparseRows<T>& out) {
-  out.start.assign(static_cast<std::size_t>(cols) + 1, 0);
-  for (Index j : a.index) ++out.start[static_cast<std::size_t>(j) + 1];
-  for (Index j = 0; j < cols; ++j) out.start[j + 1] += out.start[j];
+void transpose(const SparseRows<T>& a, Index cols, SparseRows<T>& out, int threads = 1) {
+  const Index rows = a.rows();
+  const int nt = threads_for(rows, threads);
+  std::vector<Index> slots(static_cast<std::size_t>(nt * cols));  // [t][j]: count, then write position
+  out.start.resize(static_cast<std::size_t>(cols) + 1);
   out.index.resize(a.index.size());
   out.value.resize(a.value.size());
-  std::vector<Index> next(out.start.begin(), out.start.end() - 1);
-  for (Index i = 0; i < a.rows(); ++i)
-    for (Index e = a.start[i]; e < a.start[i + 1]; ++e) {
-      const Index at = next[static_cast<std::size_t>(a.index[e])]++;
-      out.index[at] = i;
-      out.value[at] = a.value[e];
+  run_team(nt, [&](int t, int team) {
+    Index* mine = slots.data() + t * cols;
+    std::fill_n(mine, cols, Index(0));
+    const Range r = part(rows, t, team);
+    for (Index e = a.start[r.begin]; e < a.start[r.end]; ++e) ++mine[a.index[e]];
+    team_barrier();
+    if (t == 0) {
+      out.start[0] = 0;
+      for (Index j = 0; j < cols; ++j) {
+        Index at = out.start[j];
+        for (int u = 0; u < team; ++u) {
+          const Index count = slots[u * cols + j];
+          slots[u * cols + j] = at;
+          at += count;
+        }
+        out.start[j + 1] = at;
+      }
     }
+    team_barrier();
+    for (Index i = r.begin; i < r.end; ++i)
+      for (Index e = a.start[i]; e < a.start[i + 1]; ++e) {
+        const Index at = mine[a.index[e]]++;
+        out.index[at] = i;
+        out.value[at] = a.value[e];
+      }
+  });
 }
 
 namespace detail {

@@ -60,7 +60,7 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
   for (int k = 1; k <= L; ++k) nudged_ptrs.push_back(nudged[k].data());
   std::vector<Index> failed(static_cast<std::size_t>(requested), -1);
   const bool sparse_x = input_drive(net, x, B, drive, opt.threads, &x_rows);
-  if (sparse_x) transpose(x_rows, net.size(0), x_columns);  // the update walks x by pixel
+  if (sparse_x) transpose(x_rows, net.size(0), x_columns, opt.threads);  // the update walks x by pixel
 
   with_activation(net.activation, [&](auto act) {
     using Act = decltype(act);

@@ -282,9 +282,11 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
            "gemm_gflops": rate, "results": results}
-    (RESULTS / "ep_bench.json").write_text(json.dumps(out, indent=1))
-    plot(results, RESULTS / "ep_bench.png")
-    print(f"wrote {RESULTS / 'ep_bench.json'} and {RESULTS / 'ep_bench.png'}")
+    # The full default run owns ep_bench.json/png; other runs get their own names.
+    name = "ep_bench" + ("" if args.inputs == "mnist" else f"_{args.inputs}") + ("_quick" if args.quick else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    plot(results, RESULTS / f"{name}.png")
+    print(f"wrote {RESULTS / (name + '.json')} and {RESULTS / (name + '.png')}")
 
 
 if __name__ == "__main__":

@@ -1366,6 +1366,20 @@ def test_scalars_float32_cannot_hold_are_refused(case):
             assert np.isfinite(p).all(), f"ep_train_step({case}) left non-finite parameters"
 
 
+@pytest.mark.parametrize("variant", ["one-sided", "symmetric"])
+def test_ep_train_step_refuses_a_beta_that_overflows_with_the_batch_size(variant):
+    # The update scales by lr / (beta' B): with beta' B = inf in float32 it would silently be 0
+    # (the clipped states stay finite, so nothing else would tell). Found in review.
+    net = _net(activation="hardsigmoid", dtype="float32")
+    x, y, _ = _inputs(net, B=4)
+    before = [p.copy() for p in net.weights + net.biases]
+    beta = 1e38 if variant == "one-sided" else 6e37  # x 4 (x 2 symmetric) passes float32's 3.4e38
+    with pytest.raises(ValueError, match="beta"):
+        algorithms.ep_train_step(net, x, y, net.zeros(4), free_steps=3, nudged_steps=2, beta=beta,
+                                 learning_rates=[0.1] * net.layers, variant=variant)
+    assert all(np.array_equal(a, b) for a, b in zip(before, net.weights + net.biases))
+
+
 def test_ep_gradient_refuses_a_beta_whose_reciprocal_overflows():
     net = _net(dtype="float32")
     x, y, s = _inputs(net)

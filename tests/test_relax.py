@@ -256,9 +256,10 @@ def test_sweeps_need_the_clipped_hard_sigmoid(activation, clip, rng):
 
 
 @pytest.mark.parametrize("dynamics", ["euler", "sweep"])
-def test_an_example_relaxes_the_same_alone_or_in_any_batch(dynamics, rng):
-    """With a sparse input and thin layers every product is row by row (no GEMM blocking), so an
-    example's result does not depend, to the bit, on the batch around it or its position there."""
+def test_an_example_relaxes_the_same_alone_or_in_any_sparse_batch(dynamics, rng):
+    """With sparse inputs and thin layers every product is row by row (no GEMM blocking), so an
+    example's result does not depend, to the bit, on the batch around it or its position there
+    (as long as the batch, like the example, takes the sparse path: <= 50 % non-zeros)."""
     net = random_net([40, 12, 10], "hardsigmoid", dtype="float32")
     x = sparse_rows(rng, (13, 40)).astype(np.float32)
     together = net.relax(x, steps=15, dynamics=dynamics)
@@ -266,3 +267,12 @@ def test_an_example_relaxes_the_same_alone_or_in_any_batch(dynamics, rng):
         alone = net.relax(x[i:i + 1], steps=15, dynamics=dynamics)
         for a, b in zip(alone, together):
             assert np.array_equal(a[0], b[i])
+
+
+def test_a_nan_weight_still_shows_where_the_hard_sigmoid_is_flat():
+    """rho' = 0 outside [0, 1] multiplies the drive (0 * NaN = NaN), it does not mask it: a NaN
+    parameter is reported even when the state never enters [0, 1] (found in review)."""
+    net = eqcore.Network([1, 1], activation="hardsigmoid", dtype="float32", threads=1)
+    net.weights[0][...] = np.nan
+    with pytest.raises(ValueError, match=r"weights\[0\]"):
+        net.relax(np.ones((1, 1)), state=[np.full((1, 1), -1.0)], clip=False, steps=20)

@@ -129,6 +129,8 @@ def cases(tmp: Path):
         NET, X, Y, state(), **{**ep, "learning_rates": [0.1]})
     yield "ep_train_step", "learning_rates 1e39 (inf in float32)", lambda: algorithms.ep_train_step(
         NET, X, Y, state(), **{**ep, "learning_rates": [1e39, 0.1]})
+    yield "ep_train_step", "beta 1e38 (beta x batch overflows float32)", lambda: algorithms.ep_train_step(
+        NET, X, Y, state(), **{**ep, "beta": 1e38})
     yield "ep_train_step", "free_dynamics 'sweep' with the sigmoid", lambda: algorithms.ep_train_step(
         SIG, X, Y, [a.astype(np.float64) for a in S], **ep, free_dynamics="sweep")
     yield "rbp", "steps None", lambda: algorithms.rbp(NET, X, Y, S, steps=None)

@@ -627,6 +627,9 @@ py::object ep_step(const Sizes& sizes, const std::string& activation, const py::
     // The update divides by beta: its reciprocal must exist in T too (|beta| >= ~3e-39 in float32).
     if (!std::isfinite(T(1) / tb))
       throw py::value_error("beta: " + number(beta) + " is too small for " + dtype_name<T>() + " (1/beta overflows)");
+    // The update scales by lr / (beta' B), beta' = beta or 2 beta: beta' B must exist in T too.
+    if (!std::isfinite(static_cast<T>(std::abs(beta) * (symmetric ? 2.0 : 1.0) * static_cast<double>(B))))
+      throw py::value_error("beta: " + number(beta) + " times the batch size overflows " + dtype_name<T>());
     if (learning_rates.size() != static_cast<std::size_t>(m.layers()))
       throw py::value_error("learning_rates: expected " + std::to_string(m.layers()) + " values (one per weight matrix), got " +
                             std::to_string(learning_rates.size()));

@@ -33,7 +33,8 @@ struct HardSigmoid {
     return r == s ? T(1) : T(0);
   }
   // rho and rho' u on packets, for the relaxation's fused element loop (which updates rho(s)
-  // in the same pass). rho' is 0 or 1: a mask of u (0 * u is 0 for the finite u used there).
+  // in the same pass). rho' is 0 or 1, multiplied (not a mask of u: 0 * NaN must stay NaN, so a
+  // non-finite parameter still shows in the result and gets named).
   static constexpr bool fused_rho = true;
   template <class P>
   static P prho(const P& s) {
@@ -42,7 +43,8 @@ struct HardSigmoid {
   }
   template <class P>
   static P pdrho_times(const P& s, const P& r, const P& u) {
-    return Eigen::internal::pand(Eigen::internal::pcmp_eq(r, s), u);
+    using namespace Eigen::internal;
+    return pmul(pand(pcmp_eq(r, s), pset1<P>(1)), u);
   }
   template <class T>
   static T d2rho(T /*s*/, T /*r*/) {

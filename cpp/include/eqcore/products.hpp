@@ -18,7 +18,10 @@ namespace eqcore {
 
 // Inputs with at most this share of non-zeros take the sparse paths. A non-zero costs about
 // one FMA per column of W_0 from cache, where the dense GEMM spends about that per entry of x
-// once its packing is counted: sparse wins below roughly half density.
+// once its packing is counted: sparse wins below roughly half density. Exact zeros are
+// skipped, so a row of W_0 that meets only zero inputs in a batch is never read: a non-finite
+// weight there changes no result (the dense GEMM would make it 0 * inf = NaN), and the EP
+// update leaves that row as it is.
 constexpr double kSparseInputDensity = 0.5;
 
 // The non-zeros of a row-major matrix, row by row (CSR): row i holds entries
@@ -214,6 +217,7 @@ class ThinWeights {
   static constexpr Index kLanes = Eigen::internal::packet_traits<T>::size;
 
   ThinWeights(const T* W, Index n, Index m) : n_(n), m_(m), width_((m + kLanes - 1) / kLanes * kLanes) {
+    eigen_assert(m >= 1 && m <= kThinLayer && "ThinWeights: only for layers of 1..kThinLayer units");
     padded_.setZero(n * width_);
     transposed_.resize(m * n);
     for (Index j = 0; j < n; ++j)

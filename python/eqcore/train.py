@@ -1014,7 +1014,9 @@ def run(args: argparse.Namespace) -> int:
             return error(str(err))
         method = config.method + (f" ({config.ep_variant})" if config.method == "ep" else "")
         say(f"{'-'.join(map(str, config.layers))} {config.activation} {config.dtype}, {method}, "
-            f"T {config.free_steps}, K {config.nudged_steps}, beta {config.beta}, dt {config.dt}, lr {config.lr}, "
+            f"T {config.free_steps}{' sweeps' if config.free_dynamics == 'sweep' else ''}, K {config.nudged_steps}, "
+            f"beta {config.beta}, dt {config.dt}, lr {config.lr}"
+            f"{' (cosine decay)' if config.lr_schedule == 'cosine' else ''}, "
             f"batch {config.batch}, {trainer.n_train} training examples; threads: {trainer.train_threads} "
             f"training, {trainer.eval_threads} evaluation; output in {out}")
         trainer.fit()

@@ -83,7 +83,7 @@ py::array checked_array(py::handle obj, const std::string& name, const std::vect
 template <class T>
 void require_finite(const py::array& a, const std::string& name) {
   const auto* p = static_cast<const T*>(a.data());
-  if (!Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(p, a.size()).allFinite())
+  if (!eqcore::all_finite(Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(p, a.size())))
     throw py::value_error(name + ": contains NaN or inf");
 }
 
@@ -145,14 +145,14 @@ struct Model {
   void require_finite_param_shaped(const eqcore::LayerPtrs<T>& gW, const eqcore::LayerPtrs<T>& gb,
                                    const std::string& what) const {
     for (int k = 0; k < layers(); ++k)
-      if (!eqcore::ConstMatrixMap<T>(gW[static_cast<std::size_t>(k)], size(k), size(k + 1)).allFinite() ||
-          !eqcore::ConstMatrixMap<T>(gb[static_cast<std::size_t>(k)], 1, size(k + 1)).allFinite())
+      if (!eqcore::all_finite(eqcore::ConstMatrixMap<T>(gW[static_cast<std::size_t>(k)], size(k), size(k + 1))) ||
+          !eqcore::all_finite(eqcore::ConstMatrixMap<T>(gb[static_cast<std::size_t>(k)], 1, size(k + 1))))
         non_finite_result(what);
   }
   template <class Ptrs>
   void require_finite_results(const Ptrs& layers_out, Index B, const std::string& what) const {
     for (int k = 1; k <= layers(); ++k)
-      if (!eqcore::ConstMatrixMap<T>(layers_out[static_cast<std::size_t>(k - 1)], B, size(k)).allFinite())
+      if (!eqcore::all_finite(eqcore::ConstMatrixMap<T>(layers_out[static_cast<std::size_t>(k - 1)], B, size(k))))
         non_finite_result(what);
   }
 
@@ -397,7 +397,7 @@ py::object energy(const Sizes& sizes, const std::string& activation, const py::s
       py::gil_scoped_release nogil;  // numpy buffers only, kept alive by m and out
       eqcore::energy(m.net, static_cast<const T*>(xa.data()), B, s, o, threads);
     }
-    if (!Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(o, B).allFinite()) m.non_finite_result("energy");
+    if (!eqcore::all_finite(Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(o, B))) m.non_finite_result("energy");
     return out;
   });
 }
@@ -413,7 +413,7 @@ py::object cost(const Sizes& sizes, const std::string& activation, const py::seq
     py::array_t<T> out(B);
     T* o = out.mutable_data();
     eqcore::cost(B, m.size(m.layers()), s.back(), y, o);
-    if (!Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(o, B).allFinite()) m.non_finite_result("cost");
+    if (!eqcore::all_finite(Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(o, B))) m.non_finite_result("cost");
     return out;
   });
 }

@@ -134,7 +134,7 @@ SolveResult solve_hessian(const Net<T>& net, const T* x, Index B, const ConstLay
         pHp.setZero();
         for (int k = 1; k <= L; ++k) pHp += (P[k].array() * HP[k].array()).rowwise().sum();
         const Eigen::Array<bool, Eigen::Dynamic, 1> active = rr > goal;
-        if (((pHp <= T(0)) && active).any() || !pHp.allFinite()) {
+        if (((pHp <= T(0)) && active).any() || !all_finite(pHp)) {
           out.positive_definite = false;
           break;
         }

@@ -37,6 +37,13 @@ struct Range {
 };
 inline Range part(Index n, int t, int nt) { return {n * t / nt, n * (t + 1) / nt}; }
 
+// The same with every boundary but n a multiple of `align` (vector kernels then split no packet
+// of columns between threads).
+inline Range aligned_part(Index n, Index align, int t, int nt) {
+  const Range units = part((n + align - 1) / align, t, nt);
+  return {std::min(n, units.begin * align), std::min(n, units.end * align)};
+}
+
 // Runs body(t, nt) on nt threads (an OpenMP team); body may use `#pragma omp barrier`,
 // which all nt threads must then reach equally often.
 template <class Body>
@@ -80,15 +87,11 @@ class TeamMax {
 };
 
 // Runs body(range) over nt parts of [0, n); with `align`, every boundary but n is a multiple
-// of it (vector kernels then split no packet of columns between threads).
+// of it (see aligned_part).
 template <class Body>
 void parallel_for(Index n, int threads, Body&& body, Index align = 1) {
-  const Index units = (n + align - 1) / align;
-  const int nt = threads_for(units, threads);
-  run_team(nt, [&](int t, int team) {
-    const Range r = part(units, t, team);
-    body(Range{std::min(n, r.begin * align), std::min(n, r.end * align)});
-  });
+  const int nt = threads_for((n + align - 1) / align, threads);
+  run_team(nt, [&](int t, int team) { body(aligned_part(n, align, t, team)); });
 }
 
 }  // namespace eqcore

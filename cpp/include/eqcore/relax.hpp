@@ -270,29 +270,81 @@ class Relaxer {
   Index begin_ = 0, rows_ = 0;
 };
 
-// The input drive x W_0 + b_1 for the whole batch into D (B, n_1), constant during a
-// relaxation: computed once per call. A mostly-zero x (images) takes the sparse path, one pass
-// over a row of W_0 per non-zero, and then leaves its non-zeros in `sparse` when given (the EP
-// update reuses them); returns whether it did. Otherwise a GEMM with the columns of W_0 split
-// over threads, so that each thread packs only its slice of W_0 (a row split would pack all of
-// it per thread).
+// The input drive D = x W_0 + b_1 (B, n_1) for the whole batch, constant during a relaxation,
+// computed once per call by the team that then relaxes the batch: every thread of the team
+// calls compute(t, nt). A mostly-zero x (at most kSparseInputDensity non-zeros: images) takes
+// the sparse path, one pass over a row of W_0 per non-zero; otherwise a GEMM. Either way W_0 is
+// split between the threads by columns (whole packets, see columns()): each thread reads only
+// its slice of W_0, and the EP update, split the same way, writes only that slice, so the slice
+// stays in the thread's cache from call to call instead of moving between cores. Each thread
+// lists x's non-zeros itself (a few microseconds): the lists then never cross cores either,
+// and no thread waits for another's before its drive.
 template <class T>
-bool input_drive(const Net<T>& net, const T* x, Index B, Matrix<T>& D, int threads, SparseRows<T>* sparse = nullptr) {
-  static thread_local SparseRows<T> local;
-  SparseRows<T>& rows = sparse ? *sparse : local;
-  if (compress_rows(x, B, net.size(0), rows, threads)) {
-    sparse_input_drive(net, rows, D, threads);
-    return true;
+class TeamInputDrive {
+ public:
+  // with_columns: also list x's non-zeros by column, for the EP update (thread_columns()).
+  TeamInputDrive(const Net<T>& net, const T* x, Index B, Matrix<T>& D, bool with_columns)
+      : net_(net), x_(x), B_(B), D_(D), with_columns_(with_columns) {
+    D.resize(B, net.size(1));
   }
-  D.resize(B, net.size(1));
-  const ConstMatrixMap<T> X(x, B, net.size(0));
-  const auto W0 = net.weight(0);
-  parallel_for(net.size(1), threads, [&](Range cols) {
-    auto block = D.middleCols(cols.begin, cols.size());
-    block.noalias() = X * W0.middleCols(cols.begin, cols.size());
-    block.rowwise() += net.bias(1).segment(cols.begin, cols.size());
+
+  // Thread t's columns of W_0 and D.
+  static Range columns(const Net<T>& net, int t, int nt) {
+    return aligned_part(net.size(1), Eigen::internal::packet_traits<T>::size, t, nt);
+  }
+
+  // Fills D, and returns whether x took the sparse path (the same answer in every thread).
+  // Returns after a barrier: D is complete for every thread.
+  bool compute(int t, int nt) {
+    const Index n0 = net_.size(0);
+    const Range cols = columns(net_, t, nt);
+    SparseRows<T>& rows = thread_rows();
+    const bool sparse = compress_rows(x_, B_, n0, rows);
+    if (sparse) {
+      if (with_columns_) transpose(rows, n0, thread_columns_mutable());
+      sparse_input_drive(net_, rows, cols, D_.data());
+    } else if (cols.size() > 0) {
+      auto block = D_.middleCols(cols.begin, cols.size());
+      block.noalias() = ConstMatrixMap<T>(x_, B_, n0) * net_.weight(0).middleCols(cols.begin, cols.size());
+      block.rowwise() += net_.bias(1).segment(cols.begin, cols.size());
+    }
+    team_barrier();
+    return sparse;
+  }
+
+  // The calling thread's column lists of x, from its last compute() that took the sparse path
+  // with_columns.
+  static const SparseRows<T>& thread_columns() { return thread_columns_mutable(); }
+
+ private:
+  // Per thread, kept between calls (same sizes every minibatch).
+  static SparseRows<T>& thread_rows() {
+    static thread_local SparseRows<T> kept;
+    return kept;
+  }
+  static SparseRows<T>& thread_columns_mutable() {
+    static thread_local SparseRows<T> kept;
+    return kept;
+  }
+
+  const Net<T>& net_;
+  const T* x_;
+  Index B_;
+  Matrix<T>& D_;
+  bool with_columns_;
+};
+
+// x W_0 + b_1 into D (B, n_1) with a team of its own; returns whether x took the sparse path.
+template <class T>
+bool input_drive(const Net<T>& net, const T* x, Index B, Matrix<T>& D, int threads) {
+  const int nt = threads_for(B, threads);
+  TeamInputDrive<T> input(net, x, B, D, false);
+  bool sparse = false;
+  run_team(nt, [&](int t, int team) {
+    const bool s = input.compute(t, team);
+    if (t == 0) sparse = s;
   });
-  return false;
+  return sparse;
 }
 
 template <class T>
@@ -317,7 +369,7 @@ namespace detail {
 template <class T>
 bool rows_finite(const Net<T>& net, const LayerPtrs<T>& state, Range r, int first_layer) {
   for (int k = first_layer; k <= net.layers(); ++k)
-    if (!rows_of(static_cast<const T*>(state[k - 1]), net.size(k), r).allFinite()) return false;
+    if (!all_finite(rows_of(static_cast<const T*>(state[k - 1]), net.size(k), r))) return false;
   return true;
 }
 }  // namespace detail
@@ -346,11 +398,12 @@ RelaxResult relax(const Net<T>& net, const T* x, Index B, const LayerPtrs<T>& st
   // the team below, the name of a thread_local would mean each worker's own instance.
   static thread_local Matrix<T> kept_drive;
   Matrix<T>& drive = kept_drive;
-  input_drive(net, x, B, drive, opt.threads);
+  TeamInputDrive<T> input(net, x, B, drive, false);
 
   with_activation(net.activation, [&](auto act) {
     using Act = decltype(act);
     run_team(requested, [&](int t, int nt) {
+      input.compute(t, nt);
       const Range block = part(B, t, nt);
       const Index tile = use_tol ? block.size() : std::min(block.size(), kTileRows);
       Relaxer<Act, T> w(net, tile);
@@ -372,7 +425,7 @@ RelaxResult relax(const Net<T>& net, const T* x, Index B, const LayerPtrs<T>& st
           ++step;
           // A non-finite value anywhere reaches the (small) output layer within L steps through
           // the products, so checking that layer each step is enough to stop a divergence early.
-          const bool bad = !w.s(L).allFinite();
+          const bool bad = !all_finite(w.s(L));
           if (bad && (fail < 0 || step < fail)) fail = step;
           record(r, step);
           if (use_tol) {

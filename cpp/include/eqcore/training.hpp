@@ -25,7 +25,6 @@ template <class T>
 struct EpWorkspace {
   std::vector<Matrix<T>> nudged, rho_a, rho_b;
   Matrix<T> delta1, drive;
-  SparseRows<T> x_rows, x_columns;
 };
 
 // theta <- theta - lr * g with the EP estimate
@@ -51,7 +50,6 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
   EpWorkspace<T>& ws = kept;
   auto &nudged = ws.nudged, &rho_a = ws.rho_a, &rho_b = ws.rho_b;
   auto &delta1 = ws.delta1, &drive = ws.drive;  // rho(a_1) - rho(b_1); x W_0 + b_1 for every phase
-  auto &x_rows = ws.x_rows, &x_columns = ws.x_columns;
   detail::resize_layers(net, B, nudged);
   detail::resize_layers(net, B, rho_a);
   detail::resize_layers(net, B, rho_b);
@@ -59,12 +57,13 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
   LayerPtrs<T> nudged_ptrs;
   for (int k = 1; k <= L; ++k) nudged_ptrs.push_back(nudged[k].data());
   std::vector<Index> failed(static_cast<std::size_t>(requested), -1);
-  const bool sparse_x = input_drive(net, x, B, drive, opt.threads, &x_rows);
-  if (sparse_x) transpose(x_rows, net.size(0), x_columns, opt.threads);  // the update walks x by pixel
+  // The W_0 update walks a sparse x by pixel: its column lists, made with the drive.
+  TeamInputDrive<T> input(net, x, B, drive, true);
 
   with_activation(net.activation, [&](auto act) {
     using Act = decltype(act);
     run_team(requested, [&](int t, int nt) {
+      const bool sparse_x = input.compute(t, nt);
       const Range block = part(B, t, nt);
       const Index tile = std::min(block.size(), kTileRows);
       Relaxer<Act, T> w(net, tile);
@@ -113,10 +112,13 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
         const Range rows = part(net.size(k), t, nt);
         MatrixMap<T> Wk(weights[static_cast<std::size_t>(k)], net.size(k), net.size(k + 1));
         auto G = Wk.middleRows(rows.begin, rows.size());
-        if (k == 0 && sparse_x) {
-          sparse_input_update(x_columns, delta1.data(), net.size(1), c, rows, weights[0]);
-        } else if (k == 0) {
-          G.noalias() += c * X.middleCols(rows.begin, rows.size()).transpose() * delta1;
+        if (k == 0) {  // by columns, the slice of W_0 this thread's input drive read
+          const Range cols = TeamInputDrive<T>::columns(net, t, nt);
+          if (sparse_x)
+            sparse_input_update(TeamInputDrive<T>::thread_columns(), delta1.data(), net.size(1), c, cols, weights[0]);
+          else if (cols.size() > 0)
+            Wk.middleCols(cols.begin, cols.size()).noalias() +=
+                c * X.transpose() * delta1.middleCols(cols.begin, cols.size());
         } else {
           G.noalias() += c * rho_a[k].middleCols(rows.begin, rows.size()).transpose() * rho_a[k + 1];
           G.noalias() -= c * rho_b[k].middleCols(rows.begin, rows.size()).transpose() * rho_b[k + 1];

@@ -36,3 +36,20 @@ def random_state(net: eqcore.Network, batch: int, rng: np.random.Generator) -> l
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+# Input layouts around the kernel's sparse-input threshold (at most half non-zeros).
+INPUT_LAYOUTS = ["half", "just over half", "dense last rows", "one non-zero", "all zeros"]
+
+
+def inputs_with_layout(layout, rng, B=9, n0=37):
+    x = np.zeros((B, n0))
+    total = B * n0
+    if layout in ("half", "just over half"):
+        count = total // 2 + (layout == "just over half")
+        x.flat[rng.choice(total, count, replace=False)] = rng.uniform(0.1, 1.0, count)
+    elif layout == "dense last rows":  # 4 of 9 rows full: 44 % non-zero, all at the end
+        x[-4:] = rng.uniform(0.1, 1.0, (4, n0))
+    elif layout == "one non-zero":
+        x[3, 20] = 0.7
+    return x

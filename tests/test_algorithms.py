@@ -12,7 +12,7 @@ import pytest
 
 import eqcore
 from eqcore import algorithms, checks
-from conftest import random_net
+from conftest import INPUT_LAYOUTS, inputs_with_layout, random_net
 
 ARCHS = [[8, 6, 3], [8, 7, 5, 3]]
 cases = pytest.mark.parametrize(
@@ -211,6 +211,33 @@ def test_fused_ep_train_step_equals_relax_gradient_update(activation, variant, i
         p -= lr * g
     for a, b in zip(fused.weights + fused.biases + state, ref.weights + ref.biases + list(s0)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout", INPUT_LAYOUTS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fused_ep_step_updates_w0_right_on_both_sides_of_the_sparse_threshold(dtype, layout, threads, rng):
+    """The fused step's W_0 update walks a sparse x by its columns (each thread its columns of
+    W_0, 30 of them: a partial packet at the end); a denser x takes the GEMM. Both equal the
+    float64 relax + ep_gradient + update path."""
+    sizes = [37, 30, 20, 7]
+    fused = random_net(sizes, "hardsigmoid", dtype=dtype, seed=4, threads=threads)
+    ref = random_net(sizes, "hardsigmoid", seed=4)
+    for p, q in zip(ref.weights + ref.biases, fused.weights + fused.biases):
+        p[:] = q
+    x = inputs_with_layout(layout, rng)
+    y = np.eye(7)[rng.integers(0, 7, 9)]
+    state = [rng.random((9, n)).astype(dtype) for n in sizes[1:]]
+    start = [a.astype(np.float64) for a in state]
+    lrs = [0.1, 0.05, 0.02]
+    algorithms.ep_train_step(fused, x, y, state, free_steps=8, nudged_steps=3, beta=0.5, learning_rates=lrs)
+    s0 = ref.relax(x.astype(dtype).astype(np.float64), state=start, steps=8)
+    gW, gb = algorithms.ep_gradient(ref, x.astype(dtype).astype(np.float64), y, s0, beta=0.5, steps=3)
+    for p, g, lr in zip(ref.weights + ref.biases, gW + gb, lrs + lrs):
+        p -= lr * g
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    for a, b in zip(fused.weights + fused.biases + state, ref.weights + ref.biases + list(s0)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
 def test_fused_ep_train_step_refuses_bad_state_and_keeps_parameters_on_divergence(rng):

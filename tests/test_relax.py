@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eqcore
-from conftest import random_net
+from conftest import INPUT_LAYOUTS, inputs_with_layout, random_net
 
 
 def _euler_reference(net, x, state, steps, dt, clip, beta=0.0, y=None):
@@ -162,6 +162,27 @@ def test_threads_give_the_same_numbers(activation, rng):
         for a, b in zip(flat_a, flat_b):
             # Same arithmetic per example; only GEMM blocking may differ with the row count.
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout", INPUT_LAYOUTS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_input_drive_is_right_on_both_sides_of_the_sparse_threshold(dtype, layout, threads, rng):
+    """At most half non-zeros take the sparse input path, whose lists are sized for that half plus
+    one row; a batch that goes over part-way falls back to the GEMM. Both paths, split over
+    threads by columns of W_0 (30 units: a partial packet at the end), equal numpy's Euler steps."""
+    net = random_net([37, 30, 20, 7], "hardsigmoid", dtype=dtype, threads=threads)
+    x = inputs_with_layout(layout, rng)
+    s0 = [rng.random((9, n)) for n in net.sizes[1:]]
+    out = net.relax(x, state=[a.astype(dtype) for a in s0], steps=6, dt=0.3, clip=True)
+    ref = random_net([37, 30, 20, 7], "hardsigmoid")
+    for p, q in zip(ref.weights + ref.biases, net.weights + net.biases):
+        p[:] = q
+    through = [a.astype(dtype).astype(np.float64) for a in s0]  # the start the kernel saw
+    expected = _euler_reference(ref, x.astype(dtype).astype(np.float64), through, 6, 0.3, True)
+    tol = 1e-12 if dtype == "float64" else 2e-6
+    for a, b in zip(out, expected):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
 def _flatten(obj):

@@ -155,8 +155,8 @@ void check_algorithms(eqcore::Activation act) {
 // combinations, the columns past the last whole packet) equals the dense products, on the
 // instruction set this test is built for (the extension is built for the native one).
 template <class T>
-void check_sparse_input(int threads) {
-  const eqcore::Index B = 9, n0 = 37, n1 = 30;
+void check_sparse_input(int threads, eqcore::Index n1) {
+  const eqcore::Index B = 9, n0 = 37;
   std::mt19937 gen(7);
   std::uniform_real_distribution<double> u(-0.5, 0.5);
   eqcore::Matrix<T> W0(n0, n1), W1(n1, 3), x = eqcore::Matrix<T>::Zero(B, n0), d(B, n1);
@@ -180,7 +180,8 @@ void check_sparse_input(int threads) {
   expect(eqcore::compress_rows(x.data(), B, n0, rows), "compress_rows lists a 20 % dense x");
   eqcore::transpose(rows, n0, columns);
   const T c = T(0.3);
-  for (eqcore::Range cols : {eqcore::Range{0, n1}, eqcore::Range{0, 16}, eqcore::Range{16, n1}}) {
+  const eqcore::Index half = std::min<eqcore::Index>(n1, 16);  // a cut at a whole packet
+  for (eqcore::Range cols : {eqcore::Range{0, n1}, eqcore::Range{0, half}, eqcore::Range{half, n1}}) {
     eqcore::Matrix<T> W = W0;
     eqcore::sparse_input_update(columns, d.data(), n1, c, cols, W.data());
     eqcore::Matrix<T> expected = W0;
@@ -196,10 +197,11 @@ void check_sparse_input(int threads) {
 }  // namespace
 
 int main() {
-  for (int threads : {1, 2, 3}) {
-    check_sparse_input<float>(threads);
-    check_sparse_input<double>(threads);
-  }
+  for (int threads : {1, 2, 3})
+    for (eqcore::Index hidden : {30, 5}) {  // 5: fewer units than a packet, a thread with no columns
+      check_sparse_input<float>(threads, hidden);
+      check_sparse_input<double>(threads, hidden);
+    }
   for (auto act : {eqcore::Activation::HardSigmoid, eqcore::Activation::Sigmoid}) {
     check_gradient<double>(act);
     check_relaxation<double>(act);

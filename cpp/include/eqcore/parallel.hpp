@@ -1,7 +1,9 @@
 // Splitting work over threads. Examples in a batch are independent, so most kernels give
 // each thread a contiguous block of rows; reductions over the batch (parameter gradients)
-// split the rows of the parameter instead, so no two threads write the same memory and
-// the result does not depend on a reduction order that changes with the thread count.
+// split the rows (or columns) of the parameter instead, so no two threads write the same
+// memory and no sum is split between threads. Where the per-thread part is an Eigen GEMM, its
+// blocking depends on the part's width, so such results may differ in the last bits between
+// thread counts; the register-blocked products (products.hpp) do not.
 #pragma once
 
 #include "eqcore/types.hpp"

@@ -31,7 +31,9 @@ constexpr double kSparseInputDensity = 0.5;
 
 // The non-zeros of a row-major matrix, row by row (CSR): row i holds entries
 // [start[i], start[i+1]) of (index, value), indices ascending. The same type holds the
-// non-zeros column by column (CSC = the CSR of the transpose, see transpose()).
+// non-zeros column by column (CSC = the CSR of the transpose, see transpose()). The vectors
+// may be longer than the start[rows()] entries in use (compress_rows keeps its capacity);
+// entries past those are unspecified.
 template <class T>
 struct SparseRows {
   std::vector<Index> start, index;
@@ -58,9 +60,12 @@ Index append_nonzeros(const T* row, Index j, Index cols, Index at, Index* index,
 }
 
 #ifdef __AVX512F__
+static_assert(sizeof(Index) == 8, "append_nonzero_packets stores indices as 64-bit lanes");
+
 // 16 floats (8 doubles) at a time: the non-zero lanes' values and column numbers compressed
-// to the front of a register and stored whole (the buffer has a packet of slack), `at`
-// advanced by the mask's population count: ~3.5x faster than the scalar loop on MNIST rows.
+// to the front of a register and stored whole (lanes past the non-zeros land where the next
+// entries will go: at <= the row's start + j, so a store ends within the row's cols slots),
+// `at` advanced by the mask's population count: ~3.5x faster than the scalar loop on MNIST rows.
 // Returns the first column left for the scalar loop.
 inline Index append_nonzero_packets(const float* row, Index cols, Index& at, Index* index, float* value) {
   const __m512i eight = _mm512_set1_epi64(8);
@@ -104,11 +109,11 @@ inline Index append_nonzero_packets(const double* row, Index cols, Index& at, In
 template <class T>
 bool compress_rows(const T* x, Index rows, Index cols, SparseRows<T>& out) {
   const Index limit = static_cast<Index>(kSparseInputDensity * static_cast<double>(rows * cols));
-  // A row starts only while the count is within the limit, and writes at most cols + a
-  // packet of slack past its start.
-  const auto capacity = static_cast<std::size_t>(limit + cols + 16);
+  // A row starts only while the count is within the limit, and writes within cols slots of
+  // its start (see append_nonzero_packets).
+  const auto capacity = static_cast<std::size_t>(limit + cols);
   out.start.resize(static_cast<std::size_t>(rows) + 1);
-  if (out.index.size() < capacity) {
+  if (out.index.size() < capacity || out.value.size() < capacity) {
     out.index.resize(capacity);
     out.value.resize(capacity);
   }
@@ -172,8 +177,9 @@ auto lanes_mask(Index n) {
 // Columns [c, c + P * lanes + tail) of combine_rows in one pass over the entries: P whole
 // packets, held in registers across the entries, and `tail` (< lanes) more columns when Tail:
 // a masked packet where the packet type has masked loads (AVX, AVX-512 floats), else scalars.
-// Every column takes the same operations in any block (an FMA per entry, in order; a scalar
-// tail column a multiply and an add), so how a range is cut into blocks does not change the bits.
+// A column in a packet takes an FMA per entry, in order; a scalar tail column a multiply and an
+// add. So any cut of a range into blocks that splits no packet (every block starting at a
+// multiple of the lanes, as in all callers) gives the same bits.
 // Lists can be short (the W_0 update's per-pixel lists): the loops over packets are unrolled so
 // that the accumulators live in registers, with no zeroing or spilling of an array per call.
 template <int P, bool Tail, class T>

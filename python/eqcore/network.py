@@ -57,6 +57,8 @@ class Relaxation(list):
 
 def _as_real_array(value: object, name: str, dtype: np.dtype) -> np.ndarray:
     """``value`` as a C-contiguous array of ``dtype``; other real dtypes and layouts are converted."""
+    if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous and value.flags.aligned:
+        return value  # the common case, without np.require's overhead (~5 us a call, 5 calls a step)
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected real numbers, got an array of dtype {arr.dtype}")

@@ -569,6 +569,8 @@ def check_relax(data) -> None:
             g.fault = Fault(("target", "beta"), "target: missing while beta != 0")
         else:
             target = g.array("target", net.sizes[-1])
+            if target is None:  # the "none" fault: a fault only where beta needs a target
+                beta = beta or 1.0
     else:
         needs = bad != "beta" and beta != 0
         target = g.array("target", net.sizes[-1]) if needs or g.draw(st.booleans(), "target given") else None
@@ -644,6 +646,8 @@ def check_energy_family(data) -> None:
             target = None
         else:
             target = g.array("target", net.sizes[-1])
+            if method == "energy_grad_state" and target is None:  # "none": a fault only where beta needs it
+                beta = beta or 1.0
     dtc = lambda a: canonical(a, net.dtype)  # noqa: E731
     if method == "energy":
         call = lambda x, state, target, v: net.energy(x, state)  # noqa: E731

@@ -64,7 +64,8 @@ static_assert(sizeof(Index) == 8, "append_nonzero_packets stores indices as 64-b
 
 // 16 floats (8 doubles) at a time: the non-zero lanes' values and column numbers compressed
 // to the front of a register and stored whole (lanes past the non-zeros land where the next
-// entries will go: at <= the row's start + j, so a store ends within the row's cols slots),
+// entries will go: the count is at most the row's start + j, so a store ends within cols
+// entries of the row's start),
 // `at` advanced by the mask's population count: ~3.5x faster than the scalar loop on MNIST rows.
 // Returns the first column left for the scalar loop.
 inline Index append_nonzero_packets(const float* row, Index cols, Index& at, Index* index, float* value) {
@@ -105,22 +106,24 @@ inline Index append_nonzero_packets(const double* row, Index cols, Index& at, In
 }  // namespace detail
 
 // x (rows x cols, row-major) as SparseRows when its density is at most kSparseInputDensity;
-// returns false (and leaves `out` unspecified) otherwise, as soon as a row goes over.
+// returns false (and leaves `out` unspecified) otherwise, as soon as a row goes over. The
+// buffers grow with the non-zeros listed (a row needs at most cols free entries: see
+// append_nonzero_packets) rather than to a worst case of half of x: they are kept between
+// calls, and half of a large batch would be megabytes per thread.
 template <class T>
 bool compress_rows(const T* x, Index rows, Index cols, SparseRows<T>& out) {
   const Index limit = static_cast<Index>(kSparseInputDensity * static_cast<double>(rows * cols));
-  // A row starts only while the count is within the limit, and writes within cols slots of
-  // its start (see append_nonzero_packets).
-  const auto capacity = static_cast<std::size_t>(limit + cols);
   out.start.resize(static_cast<std::size_t>(rows) + 1);
-  if (out.index.size() < capacity || out.value.size() < capacity) {
-    out.index.resize(capacity);
-    out.value.resize(capacity);
-  }
   Index at = 0;
   out.start[0] = 0;
   for (Index i = 0; i < rows; ++i) {
     if (at > limit) return false;
+    const auto need = static_cast<std::size_t>(at + cols);
+    if (out.index.size() < need || out.value.size() < need) {
+      const std::size_t grown = std::max(need, out.index.size() + out.index.size() / 2);
+      out.index.resize(grown);
+      out.value.resize(grown);
+    }
     const T* row = x + i * cols;
     Index j = 0;
 #ifdef __AVX512F__

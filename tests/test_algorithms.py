@@ -241,6 +241,27 @@ def test_fused_ep_step_updates_w0_right_on_both_sides_of_the_sparse_threshold(dt
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("sizes,batch", [([40, 30, 10], 13), ([50, 33, 7], 101), ([37, 20, 16], 9)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_ep_step_bits_do_not_depend_on_the_thread_count_with_sparse_inputs_and_a_thin_output(sizes, batch, dtype,
+                                                                                                   rng):
+    """Sparse input drive and W_0 update, thin products and the thin layer's weight update are
+    sums in a fixed order whatever the split: 1 and 2 threads give the same bits (a GEMM, here
+    only where layer k and k + 1 are both wide, would not)."""
+    x = rng.random((batch, sizes[0])) * (rng.random((batch, sizes[0])) < 0.2)
+    y = np.eye(sizes[-1])[rng.integers(0, sizes[-1], batch)]
+    results = []
+    for threads in (1, 2):
+        net = random_net(sizes, "hardsigmoid", dtype=dtype, seed=3, threads=threads)
+        state = net.zeros(batch)
+        for _ in range(3):
+            algorithms.ep_train_step(net, x, y, state, free_steps=6, nudged_steps=2, beta=0.5,
+                                     learning_rates=[0.1] * net.layers, variant="symmetric")
+        results.append(net.weights + net.biases + state)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fused_ep_train_step_refuses_bad_state_and_keeps_parameters_on_divergence(rng):
     net = random_net([6, 5, 4], "sigmoid")
     x, y = rng.random((3, 6)), rng.random((3, 4))

@@ -418,4 +418,45 @@ class ThinWeights {
   Buffer padded_, transposed_;
 };
 
+// Rows `rows` of a thin layer's weights W (n x m, m <= kThinLayer, row-major):
+//   W[j, :] += c sum_i (a[i, j] p[i, :] - b[i, j] q[i, :])
+// with a, b (B x n) and p, q (B x m) row-major: the EP update of W_k (k >= 1) into a thin layer.
+// Each entry is one chain over the examples in order, 16 (a packet of) rows at a time; a GEMM's
+// blocking would depend on how many rows a thread holds. With `rows` split at whole packets
+// (the rows past the last whole packet always scalar), the update does not depend on the
+// thread count.
+template <class T>
+void thin_weight_update(const T* a, const T* p, const T* b, const T* q, Index B, Index n, Index m, T c, Range rows,
+                        T* W) {
+  using namespace Eigen::internal;
+  using Packet = typename packet_traits<T>::type;
+  constexpr Index kLanes = packet_traits<T>::size;
+  Index j = rows.begin;
+  for (; j + kLanes <= rows.end; j += kLanes) {
+    Packet acc[kThinLayer];
+    for (Index o = 0; o < m; ++o) acc[o] = pset1<Packet>(T(0));
+    for (Index i = 0; i < B; ++i) {
+      const Packet ai = ploadu<Packet>(a + i * n + j), bi = pnegate(ploadu<Packet>(b + i * n + j));
+      for (Index o = 0; o < m; ++o) {
+        acc[o] = pmadd(ai, pset1<Packet>(p[i * m + o]), acc[o]);
+        acc[o] = pmadd(bi, pset1<Packet>(q[i * m + o]), acc[o]);
+      }
+    }
+    alignas(64) T sums[kLanes];
+    for (Index o = 0; o < m; ++o) {
+      pstoreu(sums, pmul(pset1<Packet>(c), acc[o]));
+      for (Index l = 0; l < kLanes; ++l) W[(j + l) * m + o] += sums[l];
+    }
+  }
+  for (; j < rows.end; ++j) {  // the last rows, fewer than a packet
+    T acc[kThinLayer] = {};
+    for (Index i = 0; i < B; ++i)
+      for (Index o = 0; o < m; ++o) {
+        acc[o] += a[i * n + j] * p[i * m + o];
+        acc[o] -= b[i * n + j] * q[i * m + o];
+      }
+    for (Index o = 0; o < m; ++o) W[j * m + o] += c * acc[o];
+  }
+}
+
 }  // namespace eqcore

@@ -119,6 +119,10 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
           else if (cols.size() > 0)
             Wk.middleCols(cols.begin, cols.size()).noalias() +=
                 c * X.transpose() * delta1.middleCols(cols.begin, cols.size());
+        } else if (net.size(k + 1) <= kThinLayer) {  // no GEMM: the same bits for any thread count
+          thin_weight_update(rho_a[k].data(), rho_a[k + 1].data(), rho_b[k].data(), rho_b[k + 1].data(), B,
+                             net.size(k), net.size(k + 1), c,
+                             aligned_part(net.size(k), Eigen::internal::packet_traits<T>::size, t, nt), weights[k]);
         } else {
           G.noalias() += c * rho_a[k].middleCols(rows.begin, rows.size()).transpose() * rho_a[k + 1];
           G.noalias() -= c * rho_b[k].middleCols(rows.begin, rows.size()).transpose() * rho_b[k + 1];

@@ -63,11 +63,10 @@ Index append_nonzeros(const T* row, Index j, Index cols, Index at, Index* index,
 static_assert(sizeof(Index) == 8, "append_nonzero_packets stores indices as 64-bit lanes");
 
 // 16 floats (8 doubles) at a time: the non-zero lanes' values and column numbers compressed
-// to the front of a register and stored whole (lanes past the non-zeros land where the next
-// entries will go: the count is at most the row's start + j, so a store ends within cols
-// entries of the row's start),
-// `at` advanced by the mask's population count: ~3.5x faster than the scalar loop on MNIST rows.
-// Returns the first column left for the scalar loop.
+// to the front of a register and stored whole, `at` advanced by the mask's population count
+// (~3.5x faster than the scalar loop on MNIST rows). Lanes past the non-zeros land where the
+// next entries will go: the count is at most the row's start + j, so a store ends within cols
+// entries of the row's start. Returns the first column left for the scalar loop.
 inline Index append_nonzero_packets(const float* row, Index cols, Index& at, Index* index, float* value) {
   const __m512i eight = _mm512_set1_epi64(8);
   __m512i lo = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);

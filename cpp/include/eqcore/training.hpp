@@ -109,9 +109,7 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
       const T beta_eff = opt.symmetric ? T(2) * opt.beta : opt.beta;
       for (int k = 0; k < L; ++k) {
         const T c = opt.learning_rates[static_cast<std::size_t>(k)] / (beta_eff * static_cast<T>(B));
-        const Range rows = part(net.size(k), t, nt);
         MatrixMap<T> Wk(weights[static_cast<std::size_t>(k)], net.size(k), net.size(k + 1));
-        auto G = Wk.middleRows(rows.begin, rows.size());
         if (k == 0) {  // by columns, the slice of W_0 this thread's input drive read
           const Range cols = TeamInputDrive<T>::columns(net, t, nt);
           if (sparse_x)
@@ -123,7 +121,9 @@ RelaxResult ep_step(const Net<T>& net, const LayerPtrs<T>& weights, const LayerP
           thin_weight_update(rho_a[k].data(), rho_a[k + 1].data(), rho_b[k].data(), rho_b[k + 1].data(), B,
                              net.size(k), net.size(k + 1), c,
                              aligned_part(net.size(k), Eigen::internal::packet_traits<T>::size, t, nt), weights[k]);
-        } else {
+        } else {  // wide into wide: a GEMM on this thread's rows of W_k
+          const Range rows = part(net.size(k), t, nt);
+          auto G = Wk.middleRows(rows.begin, rows.size());
           G.noalias() += c * rho_a[k].middleCols(rows.begin, rows.size()).transpose() * rho_a[k + 1];
           G.noalias() -= c * rho_b[k].middleCols(rows.begin, rows.size()).transpose() * rho_b[k + 1];
         }
